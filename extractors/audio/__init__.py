@@ -1,0 +1,1 @@
+"""Audio features: MFCC (librosa), VGGish."""

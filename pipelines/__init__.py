@@ -1,0 +1,1 @@
+"""Beam jobs, shard writing and commit, the CLI."""

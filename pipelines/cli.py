@@ -1,0 +1,89 @@
+"""The ``actprep`` command."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from actprep.schemas.version import ACTPREP_VERSION
+
+
+def _check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
+    """Beam options pass through untouched, but a misspelt actprep option must not be
+    silently handed to Beam (which would discard it)."""
+    known = PipelineOptions(beam_args).get_all_options(retain_unknown_options=False)
+    for arg in beam_args:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name not in known and name.replace("-", "_") not in known:
+                parser.error(f"unknown option --{name} (neither an actprep nor a Beam option)")
+    return beam_args
+
+
+def _local_defaults(beam_args: list[str]) -> list[str]:
+    """On the DirectRunner (Beam's default), use every core unless told otherwise."""
+    names = {a[2:].split("=", 1)[0] for a in beam_args if a.startswith("--")}
+    runner = PipelineOptions(beam_args).get_all_options().get("runner")
+    if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
+        return beam_args
+    extra = []
+    if "direct_num_workers" not in names:
+        extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    if "direct_running_mode" not in names:
+        extra.append("--direct_running_mode=multi_processing")
+    return beam_args + extra
+
+
+def cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
+            beam_args: list[str]) -> int:
+    from actprep.pipelines.runner import run
+
+    from actprep.pipelines.options import run_options_from_args
+    opts = run_options_from_args(args)
+    return run(opts, _local_defaults(_check_beam_args(parser, beam_args)))
+
+
+def cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             beam_args: list[str]) -> int:
+    from actprep.pipelines.demo import run_demo
+
+    return run_demo(args.output, _local_defaults(_check_beam_args(parser, beam_args)))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from actprep.pipelines.options import add_run_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="actprep", description="Action-recognition videos to WebDataset shards.")
+    parser.add_argument("--version", action="version", version=f"actprep {ACTPREP_VERSION}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="process a manifest into shards; other --options "
+                           "are Beam pipeline options (e.g. --runner, --direct_num_workers)")
+    add_run_arguments(run_p)
+    run_p.set_defaults(func=cmd_run)
+    demo_p = sub.add_parser("demo", help="generate a small Kinetics-style set and run on it")
+    demo_p.add_argument("--output", default="actprep-demo", help="folder (default ./actprep-demo)")
+    demo_p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Beam's workers log routine warnings at WARNING level
+        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    start = time.monotonic()
+    code = args.func(parser, args, beam_args)
+    logging.getLogger("actprep").info("finished in %.1f s", time.monotonic() - start)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The Beam job: plan entries -> per-video processing -> per-shard commit."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from actprep.pipelines import layout, storage
+from actprep.pipelines.commit import commit_shard
+from actprep.pipelines.options import RunOptions
+from actprep.pipelines.process import load_result, process_entry
+from actprep.schemas.index import OK
+from actprep.schemas.plan import PlanEntry
+
+NAMESPACE = "actprep"
+log = logging.getLogger(__name__)
+
+
+class ProcessVideos(beam.DoFn):
+    """One plan entry in, ``(shard, result row)`` out. A video checkpointed by an earlier
+    attempt is not processed again."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.ok = Metrics.counter(NAMESPACE, "videos_ok")
+        self.failed = Metrics.counter(NAMESPACE, "videos_failed")
+        self.reused = Metrics.counter(NAMESPACE, "videos_reused")
+        self.frames = Metrics.counter(NAMESPACE, "frames")
+
+    def process(self, entry: PlanEntry) -> Iterator[tuple[int, dict]]:
+        result = load_result(self.opts, entry)
+        if result is not None:
+            self.reused.inc()
+        else:
+            result = process_entry(entry, self.opts)
+            self.frames.inc(result.get("frames") or 0)
+        (self.ok if result["status"] == OK else self.failed).inc()
+        yield entry.shard, result
+
+
+class CommitShards(beam.DoFn):
+    """All results of one shard in, the committed shard's summary out."""
+
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.shards = Metrics.counter(NAMESPACE, "shards_committed")
+
+    def process(self, element: tuple[int, Iterable[dict]]) -> Iterator[dict]:
+        shard, results = element
+        summary = commit_shard(self.opts, shard, results)
+        self.shards.inc()
+        yield summary
+
+
+def build(pipeline: beam.Pipeline, opts: RunOptions, skip: frozenset[int]) -> None:
+    plan_path = storage.join(opts.output, layout.PLAN)
+    (pipeline
+     | "ReadPlan" >> beam.io.ReadFromText(plan_path)
+     | "Parse" >> beam.Map(PlanEntry.from_json)
+     | "SkipCommitted" >> beam.Filter(lambda e, done: e.shard not in done, skip)
+     | "Spread" >> beam.Reshuffle()
+     | "Process" >> beam.ParDo(ProcessVideos(opts))
+     | "ByShard" >> beam.GroupByKey()
+     | "Commit" >> beam.ParDo(CommitShards(opts)))
+
+
+def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int]):
+    """Runs the job to completion; returns Beam's PipelineResult."""
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build(pipeline, opts, skip)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result

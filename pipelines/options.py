@@ -1,0 +1,128 @@
+"""Options of ``actprep run``: what shapes the output, parsed apart from Beam's own."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+from actprep.extractors.audio.mfcc import MfccParams
+from actprep.extractors.rgb import DEFAULT_JPEG_QUALITY
+from actprep.schemas.manifest import DATASETS
+
+MODALITIES = ("rgb", "mfcc")
+DEFAULT_MODALITIES = ("rgb", "mfcc")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything the job needs besides Beam's pipeline options. Small and picklable."""
+
+    dataset: str
+    manifest: str
+    output: str
+    video_root: str | None = None
+    classes: str | None = None
+    split: str | None = None
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    fps: float | None = None
+    short_side: int | None = 256
+    size: tuple[int, int] | None = None
+    shard_size: int = 100
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    min_decoded_fraction: float = 0.9
+    mfcc: MfccParams = field(default_factory=MfccParams)
+    progress: bool = True
+
+    def extractor_params(self) -> dict:
+        """The parameters that shape a sample, as recorded in its metadata."""
+        params: dict = {"modalities": list(self.modalities), "fps": self.fps,
+                        "short_side": self.short_side,
+                        "size": list(self.size) if self.size else None}
+        if "rgb" in self.modalities:
+            params["rgb"] = {"jpeg_quality": self.jpeg_quality}
+        if "mfcc" in self.modalities:
+            params["mfcc"] = self.mfcc.as_dict()
+        return params
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size expects WxH such as 340x256, got {text!r}")
+    if w < 2 or h < 2:
+        raise argparse.ArgumentTypeError(f"--size {text}: both sides must be at least 2")
+    return w, h
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in names if m not in MODALITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--modalities {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(MODALITIES)}")
+    return names
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return value
+    return parse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--manifest", required=True,
+                        help="Kinetics CSV, Moments in Time CSV, or generic CSV/JSONL")
+    parser.add_argument("--video-root", help="folder holding the videos (local or gs://)")
+    parser.add_argument("--output", required=True, help="output folder (local or gs://)")
+    parser.add_argument("--classes", help="class list fixing label indices: one name per "
+                        "line, or 'name,index' lines (moments_categories.txt)")
+    parser.add_argument("--split", help="split name for every row (overrides the manifest)")
+    parser.add_argument("--modalities", type=_modalities, default=DEFAULT_MODALITIES,
+                        help=f"comma-separated, from {','.join(MODALITIES)} (default: rgb,mfcc)")
+    parser.add_argument("--fps", type=_positive(float), help="frame rate (default: the source's)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--short-side", type=_positive(int), default=256,
+                       help="resize so the short side is N, keeping aspect (default 256)")
+    group.add_argument("--size", type=_size, help="resize to exactly WxH, e.g. 340x256")
+    parser.add_argument("--shard-size", type=_positive(int), default=100,
+                        help="samples per shard (default 100)")
+    parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                        choices=range(1, 101), metavar="1..100")
+    parser.add_argument("--min-decoded-fraction", type=float, default=0.9,
+                        help="fail a video whose decoded length is under this fraction of the "
+                        "length its header declares (truncated files); 0 disables")
+    defaults = MfccParams()
+    for name, value in defaults.as_dict().items():
+        parser.add_argument(f"--mfcc-{name.replace('_', '-')}", dest=f"mfcc_{name}",
+                            type=_bool if isinstance(value, bool) else type(value),
+                            default=value, help=f"MFCC {name} (default {value})")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no live progress display")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def run_options_from_args(args: argparse.Namespace) -> RunOptions:
+    mfcc = MfccParams(**{k: getattr(args, f"mfcc_{k}") for k in MfccParams().as_dict()})
+    return RunOptions(
+        dataset=args.dataset, manifest=args.manifest, output=args.output.rstrip("/"),
+        video_root=args.video_root.rstrip("/") if args.video_root else None,
+        classes=args.classes, split=args.split, modalities=args.modalities, fps=args.fps,
+        short_side=None if args.size else args.short_side, size=args.size,
+        shard_size=args.shard_size, jpeg_quality=args.jpeg_quality,
+        min_decoded_fraction=args.min_decoded_fraction, mfcc=mfcc, progress=args.progress,
+    )

@@ -1,0 +1,1 @@
+"""Data contracts of actprep: manifest records, label maps, the sample layout, the index schema."""

@@ -1,0 +1,53 @@
+"""The Parquet index: one row per manifest row (ok or failed), one file per shard."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+OK = "ok"
+FAILED = "failed"
+
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("line", pa.int64()),  # line of the row in the manifest
+    ("shard", pa.string()),
+    ("dataset", pa.string()),
+    ("split", pa.string()),
+    ("label", pa.string()),
+    ("label_index", pa.int32()),
+    ("status", pa.string()),  # "ok" or "failed"
+    ("failure_stage", pa.string()),  # manifest, fetch, probe, decode, audio, ...
+    ("failure_reason", pa.string()),
+    ("source_path", pa.string()),
+    ("source_bytes", pa.int64()),
+    ("duration", pa.float64()),  # seconds of decoded video
+    ("fps", pa.float64()),
+    ("frames", pa.int32()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("has_audio", pa.bool_()),
+    ("audio_sample_rate", pa.int32()),
+    ("mfcc_frames", pa.int32()),
+    ("members", pa.int32()),  # tar members of the sample
+    ("sample_bytes", pa.int64()),  # bytes of the sample's members (data only)
+    ("sample_sha256", pa.string()),  # over member names and data, in tar order
+])
+FIELDS = tuple(INDEX_SCHEMA.names)
+
+
+def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts, missing fields null) as a table in the index schema."""
+    rows = list(rows)
+    return pa.table({f: [r.get(f) for r in rows] for f in FIELDS}, schema=INDEX_SCHEMA)
+
+
+def write_index(rows: Iterable[dict[str, Any]], sink: Any) -> None:
+    """Writes deterministic Parquet (no creation timestamps, fixed writer settings)."""
+    pq.write_table(index_table(rows), sink, compression="zstd", write_statistics=True,
+                   store_schema=True)
+
+
+def read_index(source: Any) -> pa.Table:
+    return pq.read_table(source, schema=INDEX_SCHEMA)

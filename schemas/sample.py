@@ -1,0 +1,118 @@
+"""Sample layout v1: the members one video becomes inside a shard, and how to read them.
+
+A sample is the set of tar members sharing a key (WebDataset: the member name up to its
+first dot). Members, with KEY the sample key:
+
+- ``KEY.json``            metadata (see ``sample_metadata``), UTF-8 JSON with sorted keys
+- ``KEY.cls``             label index as ASCII digits; absent for unlabelled videos
+- ``KEY.rgb.NNNNNN.jpg``  RGB frame N (1-based, 6 digits) as JPEG, so sorting is time order
+- ``KEY.mfcc.npy``        float32 [n_mfcc, T] MFCC matrix; absent without audio
+
+Only stock WebDataset extensions are used, so ``webdataset`` decodes samples without actprep.
+Tar headers are fixed (mtime 0, uid/gid 0, no user names, mode 0444) so equal inputs give
+byte-identical shards.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from actprep.schemas.version import ACTPREP_VERSION, LAYOUT_VERSION
+
+FRAME_DIGITS = 6
+JSON = "json"
+CLS = "cls"
+MFCC = "mfcc.npy"
+_RGB = re.compile(r"^rgb\.(\d+)\.jpg$")
+TAR_FORMAT = tarfile.PAX_FORMAT
+
+
+def rgb_suffix(number: int) -> str:
+    """Member suffix of RGB frame ``number`` (1-based, as mmaction2's rawframes)."""
+    return f"rgb.{number:0{FRAME_DIGITS}d}.jpg"
+
+
+def member_name(key: str, suffix: str) -> str:
+    return f"{key}.{suffix}"
+
+
+def tar_info(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header with every varying field fixed, for reproducible shards."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``.npy`` bytes, never pickled."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def cls_bytes(label_index: int) -> bytes:
+    return str(int(label_index)).encode()
+
+
+def sample_metadata(*, key: str, dataset: str, split: str | None, label: str | None,
+                    label_index: int | None, source_path: str, source_bytes: int,
+                    duration: float | None, fps: float, frames: int, width: int, height: int,
+                    audio_sample_rate: int | None, source: Mapping[str, Any],
+                    params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``KEY.json`` document. ``source`` describes the input file as probed (codec,
+    size, fps, audio); ``params`` holds the extractor parameters that shaped the sample."""
+    return {
+        "key": key,
+        "dataset": dataset,
+        "split": split,
+        "label": label,
+        "label_index": label_index,
+        "source_path": source_path,
+        "source_bytes": source_bytes,
+        "duration": duration,
+        "fps": fps,
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "audio_sample_rate": audio_sample_rate,
+        "source": dict(source),
+        "params": dict(params),
+        "layout_version": LAYOUT_VERSION,
+        "actprep_version": ACTPREP_VERSION,
+    }
+
+
+def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Turns one raw WebDataset sample (``{"__key__": ..., suffix: bytes}``, as
+    ``webdataset.WebDataset(url)`` yields without a decoder) into arrays:
+    ``key``, ``meta`` (dict), ``label`` (int or None), ``rgb`` (uint8 [T, H, W, 3], RGB),
+    ``mfcc`` (float32 [n_mfcc, T] or None)."""
+    import cv2  # local: only readers need it
+
+    frames = sorted((int(m.group(1)), k) for k in sample if (m := _RGB.match(k)))
+    if [n for n, _ in frames] != list(range(1, len(frames) + 1)):
+        raise ValueError(f"sample {sample.get('__key__')}: RGB frames are not numbered 1..N")
+    rgb = [cv2.imdecode(np.frombuffer(sample[k], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+           for _, k in frames]
+    meta = json.loads(sample[JSON])
+    return {
+        "key": sample.get("__key__", meta["key"]),
+        "meta": meta,
+        "label": int(sample[CLS]) if CLS in sample else None,
+        "rgb": np.stack(rgb) if rgb else np.zeros((0, meta["height"], meta["width"], 3), np.uint8),
+        "mfcc": np.load(io.BytesIO(sample[MFCC]), allow_pickle=False) if MFCC in sample else None,
+    }

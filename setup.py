@@ -1,0 +1,41 @@
+"""Install actprep: the packages live in the repository root (schemas/, extractors/,
+pipelines/) and install under the ``actprep`` namespace."""
+from setuptools import setup
+
+PACKAGES = {
+    "actprep.schemas": "schemas",
+    "actprep.extractors": "extractors",
+    "actprep.extractors.audio": "extractors/audio",
+    "actprep.pipelines": "pipelines",
+}
+
+setup(
+    name="actprep",
+    version="0.1.0",
+    description="Action-recognition videos to training-ready WebDataset shards "
+    "(RGB frames, TV-L1 flow, MFCC, VGGish) with Apache Beam.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "apache-beam>=2.60",
+        "webdataset>=0.2.90",
+        "pyarrow>=14",
+        "numpy>=1.24",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "ffmpeg-python>=0.2",
+        "imageio-ffmpeg>=0.5",
+        "opencv-python-headless>=4.8",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gcp": ["apache-beam[gcp]>=2.60"],
+        "torch": ["torch>=2.1"],
+        "test": ["pytest>=7", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:main"]},
+)

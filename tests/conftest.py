@@ -1,0 +1,129 @@
+"""Shared fixtures: small real media generated with ffmpeg, and a runner for the CLI."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass
+
+import pytest
+
+from actprep.pipelines.synth import make_garbage, make_video, truncate_file
+
+LOCAL_BEAM = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One manifest row of the Kinetics fixture and what the job should make of it."""
+
+    youtube_id: str
+    label: str
+    folder: str = ""
+    ext: str = ".mp4"
+    make: dict | None = None  # make_video kwargs; None = special file (see kind)
+    kind: str = "ok"  # ok | truncated | empty | garbage | text | missing | audio_only
+    fail_stage: str | None = None
+    fail_text: str = ""
+
+
+KINETICS_CLIPS = (
+    Clip("-aBc_DeF-12", "abseiling", "train/abseiling",
+         make=dict(duration=2.0, fps=25, size=(320, 240))),
+    Clip("vp9_Opus_30", "applauding", "applauding", ".webm",
+         make=dict(duration=2.0, fps=30, size=(480, 270), vcodec="libvpx-vp9", audio_freq=880)),
+    Clip("Mpeg4_Avi15", "passing American football (in game)", "val", ".avi",
+         make=dict(duration=2.0, fps=15, size=(320, 240), vcodec="mpeg4", audio_freq=300)),
+    Clip("Ntsc_NoAud_", "dancing 'macarena'", "", ".mkv",
+         make=dict(duration=2.0, fps=30000 / 1001, size=(240, 320), audio_freq=None)),
+    Clip("Stereo_48k_", "abseiling", "",
+         make=dict(duration=1.5, fps=24, size=(352, 288), audio_rate=48000, audio_channels=2)),
+    Clip("Trunc_Fast_", "applauding", kind="truncated", fail_stage="decode",
+         fail_text="truncated"),
+    Clip("Trunc_Moov_", "applauding", kind="truncated_moov", fail_stage="probe"),
+    Clip("Empty_File_", "abseiling", kind="empty", fail_stage="probe", fail_text="empty"),
+    Clip("Garbage_Byt", "abseiling", kind="garbage", fail_stage="probe"),
+    Clip("Text_As_Mp4", "abseiling", kind="text", fail_stage="probe"),
+    Clip("Audio_Only_", "abseiling", kind="audio_only", fail_stage="probe",
+         fail_text="no video stream"),
+    Clip("Not_On_Disk", "abseiling", kind="missing", fail_stage="manifest",
+         fail_text="video not found"),
+)
+
+
+def clip_key(clip: Clip) -> str:
+    return f"{clip.youtube_id}_000010_000020"
+
+
+def _make_special(clip: Clip, path: str, scratch: str) -> None:
+    if clip.kind == "truncated":
+        full = os.path.join(scratch, "full_fast.mp4")
+        make_video(full, duration=4.0)
+        _faststart(full, path + ".fs.mp4")
+        truncate_file(path + ".fs.mp4", path, 0.5)
+        os.remove(path + ".fs.mp4")
+    elif clip.kind == "truncated_moov":
+        full = os.path.join(scratch, "full.mp4")
+        make_video(full, duration=2.0)
+        truncate_file(full, path, 0.5)
+    elif clip.kind == "empty":
+        open(path, "wb").close()
+    elif clip.kind == "garbage":
+        make_garbage(path, 8192, seed=3)
+    elif clip.kind == "text":
+        with open(path, "w") as f:
+            f.write("this is not a video\n" * 50)
+    elif clip.kind == "audio_only":
+        import subprocess
+
+        from actprep.extractors.ffmpeg_bin import ffmpeg_exe
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
+                        "sine=frequency=500:duration=1", "-c:a", "aac", path], check=True)
+
+
+def _faststart(src: str, dst: str) -> None:
+    import subprocess
+
+    from actprep.extractors.ffmpeg_bin import ffmpeg_exe
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", src, "-c", "copy",
+                    "-movflags", "+faststart", dst], check=True)
+
+
+@pytest.fixture(scope="session")
+def kinetics_set(tmp_path_factory) -> dict:
+    """A Kinetics-style video root and CSV covering codecs, rates, sizes, audio or not,
+    and broken inputs. Returns paths and the clip table."""
+    root = tmp_path_factory.mktemp("kinetics")
+    videos, scratch = root / "videos", root / "scratch"
+    scratch.mkdir()
+    manifest = root / "kinetics_train.csv"
+    with open(manifest, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        for clip in KINETICS_CLIPS:
+            out.writerow([clip.label, clip.youtube_id, 10, 20, "train"])
+            if clip.kind == "missing":
+                continue
+            folder = videos / clip.folder
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder / (clip_key(clip) + clip.ext))
+            if clip.make is not None:
+                make_video(path, **clip.make)
+            else:
+                _make_special(clip, path, str(scratch))
+    shutil.rmtree(scratch)
+    return {"root": str(root), "videos": str(videos), "manifest": str(manifest),
+            "clips": KINETICS_CLIPS}
+
+
+@pytest.fixture
+def run_cli():
+    """Runs ``actprep ARGS`` in-process; returns (exit code, captured stderr)."""
+    from actprep.pipelines.cli import main
+
+    def run(args: list[str], capsys=None) -> int:
+        try:
+            return main([str(a) for a in args])
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return run

@@ -1,0 +1,264 @@
+"""End-to-end runs of ``actprep run`` on generated media: every manifest row ends as one
+sample or one recorded failure, and the shards hold what the index says."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from actprep.extractors.decode import output_size
+from actprep.extractors.probe import probe
+from actprep.schemas.sample import decode_sample
+from conftest import LOCAL_BEAM, clip_key
+
+
+def _index(out: str) -> list[dict]:
+    return pq.read_table(os.path.join(out, "index")).to_pylist()
+
+
+def _samples(out: str) -> dict[str, dict]:
+    shards = sorted(f for f in os.listdir(out) if f.endswith(".tar"))
+    urls = [os.path.join(out, s) for s in shards]
+    return {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def _run_kinetics(run_cli, kinetics_set, out, *extra) -> int:
+    return run_cli(["run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
+                    "--video-root", kinetics_set["videos"], "--output", out,
+                    "--shard-size", "4", "--no-progress", *extra, *LOCAL_BEAM])
+
+
+@pytest.fixture(scope="module")
+def kinetics_run(kinetics_set, tmp_path_factory):
+    from actprep.pipelines.cli import main
+
+    out = str(tmp_path_factory.mktemp("out") / "k")
+    code = main(["run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
+                 "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4",
+                 "--no-progress", *LOCAL_BEAM])
+    assert code == 0
+    return out
+
+
+def test_every_row_is_a_sample_or_a_recorded_failure(kinetics_set, kinetics_run):
+    rows = _index(kinetics_run)
+    clips = kinetics_set["clips"]
+    assert len(rows) == len(clips)
+    by_key = {r["key"]: r for r in rows}
+    assert set(by_key) == {clip_key(c) for c in clips}
+    for clip in clips:
+        row = by_key[clip_key(clip)]
+        if clip.fail_stage is None:
+            assert row["status"] == "ok", row
+        else:
+            assert row["status"] == "failed", row
+            assert row["failure_stage"] == clip.fail_stage, row
+            assert clip.fail_text in row["failure_reason"], row
+    samples = _samples(kinetics_run)
+    assert set(samples) == {r["key"] for r in rows if r["status"] == "ok"}
+    assert not os.path.exists(os.path.join(kinetics_run, "_work"))
+
+
+def test_samples_match_their_sources(kinetics_set, kinetics_run):
+    labels = json.load(open(os.path.join(kinetics_run, "labels.json")))["classes"]
+    assert labels == sorted({c.label for c in kinetics_set["clips"]})
+    rows = {r["key"]: r for r in _index(kinetics_run)}
+    samples = _samples(kinetics_run)
+    for clip in kinetics_set["clips"]:
+        if clip.fail_stage:
+            continue
+        key = clip_key(clip)
+        path = os.path.join(kinetics_set["videos"], clip.folder, key + clip.ext)
+        info = probe(path)
+        width, height = output_size(info.width, info.height, short_side=256)
+        arrays = decode_sample(samples[key])
+        meta, row = arrays["meta"], rows[key]
+        # frame count = duration x fps (the AVI's container duration includes mp3 padding)
+        assert abs(meta["frames"] - info.duration * info.fps) <= 1, (key, meta["frames"])
+        assert arrays["rgb"].shape == (meta["frames"], height, width, 3)
+        assert row["frames"] == meta["frames"] and row["width"] == width
+        assert min(width, height) == 256
+        assert arrays["label"] == labels.index(clip.label) == row["label_index"]
+        assert meta["label"] == clip.label and meta["split"] == "train"
+        assert meta["source_path"].endswith(key + clip.ext)
+        assert meta["layout_version"] == 1 and meta["params"]["mfcc"]["n_mfcc"] == 40
+        has_audio = clip.make.get("audio_freq", 440.0) is not None
+        assert row["has_audio"] is has_audio
+        if has_audio:
+            expected_cols = info.duration * 16000 // 160 + 1
+            assert arrays["mfcc"].shape[0] == 40
+            assert abs(arrays["mfcc"].shape[1] - expected_cols) <= 4
+            assert meta["audio_sample_rate"] == 16000 == row["audio_sample_rate"]
+        else:
+            assert arrays["mfcc"] is None and meta["audio_sample_rate"] is None
+            assert "mfcc.npy" not in samples[key]
+
+
+def test_shards_read_with_plain_webdataset(kinetics_run):
+    """A trainer needs neither actprep nor custom decoders."""
+    rows = {r["key"]: r for r in _index(kinetics_run) if r["status"] == "ok"}
+    ds = wds.WebDataset(sorted(os.path.join(kinetics_run, f) for f in os.listdir(kinetics_run)
+                               if f.endswith(".tar")), shardshuffle=False).decode("rgb")
+    seen = 0
+    for sample in ds:
+        row = rows[sample["__key__"]]
+        frames = sorted(k for k in sample if k.startswith("rgb."))
+        assert frames[0] == "rgb.000001.jpg" and len(frames) == row["frames"]
+        assert sample[frames[-1]].shape == (row["height"], row["width"], 3)
+        assert sample["cls"] == row["label_index"]
+        assert sample["json"]["frames"] == row["frames"]
+        seen += 1
+    assert seen == len(rows)
+
+
+def test_shard_headers_are_fixed_and_index_matches(kinetics_run):
+    import hashlib
+    import tarfile
+
+    rows = {r["key"]: r for r in _index(kinetics_run) if r["status"] == "ok"}
+    digests: dict[str, "hashlib._Hash"] = {}
+    counts: dict[str, int] = {}
+    for name in sorted(f for f in os.listdir(kinetics_run) if f.endswith(".tar")):
+        with tarfile.open(os.path.join(kinetics_run, name)) as tar:
+            for m in tar:
+                assert (m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) == (0, 0, 0, "", "", 0o444)
+                key = m.name.split(".", 1)[0]
+                h = digests.setdefault(key, hashlib.sha256())
+                h.update(m.name.encode() + b"\0" + tar.extractfile(m).read())
+                counts[key] = counts.get(key, 0) + 1
+    assert {k: h.hexdigest() for k, h in digests.items()} == \
+        {k: r["sample_sha256"] for k, r in rows.items()}
+    assert counts == {k: r["members"] for k, r in rows.items()}
+
+
+def test_multiprocessing_runner_gives_identical_shards(kinetics_set, kinetics_run, tmp_path,
+                                                       run_cli):
+    out = str(tmp_path / "mp")
+    code = run_cli(["run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
+                    "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4",
+                    "--no-progress", "--direct_num_workers=2",
+                    "--direct_running_mode=multi_processing"])
+    assert code == 0
+    names = sorted(f for f in os.listdir(kinetics_run) if f.endswith(".tar"))
+    assert names == sorted(f for f in os.listdir(out) if f.endswith(".tar"))
+    for name in names:
+        assert open(os.path.join(out, name), "rb").read() == \
+            open(os.path.join(kinetics_run, name), "rb").read(), name
+    for name in os.listdir(os.path.join(out, "index")):
+        assert open(os.path.join(out, "index", name), "rb").read() == \
+            open(os.path.join(kinetics_run, "index", name), "rb").read(), name
+
+
+def test_rerun_of_finished_job_does_nothing(kinetics_set, kinetics_run, run_cli, capsys):
+    before = {f: os.stat(os.path.join(kinetics_run, f)).st_mtime_ns
+              for f in os.listdir(kinetics_run) if f.endswith(".tar")}
+    assert _run_kinetics(run_cli, kinetics_set, kinetics_run) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    after = {f: os.stat(os.path.join(kinetics_run, f)).st_mtime_ns
+             for f in os.listdir(kinetics_run) if f.endswith(".tar")}
+    assert before == after
+
+
+def test_rerun_with_other_options_is_refused(kinetics_set, kinetics_run, run_cli, capsys):
+    assert _run_kinetics(run_cli, kinetics_set, kinetics_run, "--fps", "10") == 2
+    err = capsys.readouterr().err
+    assert "fps" in err and kinetics_run in err
+
+
+def test_size_and_fps_options(kinetics_set, tmp_path, run_cli):
+    out = str(tmp_path / "sized")
+    assert _run_kinetics(run_cli, kinetics_set, out, "--size", "340x256", "--fps", "10",
+                         "--modalities", "rgb") == 0
+    ok = [r for r in _index(out) if r["status"] == "ok"]
+    assert len(ok) == 5
+    for row in ok:
+        assert (row["width"], row["height"], row["fps"]) == (340, 256, 10.0)
+        assert abs(row["frames"] - row["duration"] * 10) < 1e-6
+        assert row["mfcc_frames"] is None
+    sample = next(iter(_samples(out).values()))
+    assert "mfcc.npy" not in sample
+    img = cv2.imdecode(np.frombuffer(sample["rgb.000001.jpg"], np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (256, 340, 3)
+
+
+def test_bad_manifest_is_a_clear_error(tmp_path, run_cli, capsys):
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text("label,youtube_id,time_start,time_end,split\n"
+                        "abseiling,abc,1,11,train\nabseiling,def,1\n")
+    (tmp_path / "v").mkdir()
+    code = run_cli(["run", "--dataset", "kinetics", "--manifest", manifest, "--video-root",
+                    tmp_path / "v", "--output", tmp_path / "o", *LOCAL_BEAM])
+    assert code == 2
+    assert f"{manifest}:3" in capsys.readouterr().err
+
+
+def test_misspelt_option_is_not_passed_to_beam(tmp_path, run_cli, capsys):
+    code = run_cli(["run", "--dataset", "generic", "--manifest", tmp_path / "m.csv",
+                    "--output", tmp_path / "o", "--shard_size", "3"])
+    assert code == 2
+    assert "--shard_size" in capsys.readouterr().err
+
+
+def _mit_set(root, make):
+    videos = root / "Moments_in_Time" / "training"
+    rows = [("clapping/yt-abc_1.mp4", "clapping"), ("running/getty-run.2.mp4", "running"),
+            ("clapping/missing.mp4", "clapping"), ("flying/x.mp4", "flying")]
+    for rel, _ in rows[:2] + rows[3:]:
+        (videos / rel).parent.mkdir(parents=True, exist_ok=True)
+        make(str(videos / rel), duration=1.0, size=(160, 120))
+    manifest = root / "Moments_in_Time" / "trainingSet.csv"
+    manifest.write_text("".join(f"{rel},{label},3,0\n" for rel, label in rows))
+    (root / "Moments_in_Time" / "moments_categories.txt").write_text(
+        "running,1\nclapping,0\nswimming,2\n")
+    return manifest, videos.parent
+
+
+def test_moments_in_time(tmp_path, run_cli):
+    from actprep.pipelines.synth import make_video
+
+    manifest, root = _mit_set(tmp_path, make_video)
+    out = tmp_path / "mit"
+    assert run_cli(["run", "--dataset", "mit", "--manifest", manifest, "--video-root", root,
+                    "--output", out, "--short-side", "64", "--no-progress", *LOCAL_BEAM]) == 0
+    rows = {r["line"]: r for r in _index(str(out))}
+    assert [rows[i]["status"] for i in (1, 2, 3, 4)] == ["ok", "ok", "failed", "failed"]
+    assert rows[1]["label_index"] == 0 and rows[2]["label_index"] == 1
+    assert rows[1]["split"] == "train" and rows[2]["key"] == "running__getty-run_2"
+    assert "video not found" in rows[3]["failure_reason"]
+    assert "unknown label 'flying'" in rows[4]["failure_reason"]
+    assert json.load(open(out / "labels.json"))["classes"] == ["clapping", "running", "swimming"]
+
+
+def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
+    from actprep.pipelines.synth import make_video
+
+    videos = tmp_path / "clips"
+    (videos / "a").mkdir(parents=True)
+    make_video(str(videos / "a" / "one.mp4"), duration=1.0, size=(160, 120), audio_freq=None)
+    make_video(str(videos / "two.webm"), duration=1.0, size=(160, 120), vcodec="libvpx-vp9")
+    lines = [{"path": "a/one.mp4", "label": "cat", "split": "val"},
+             {"path": "two.webm", "label": "dog"},
+             {"path": "../escape.mp4", "label": "dog"},
+             {"path": "a/one.mp4", "label": "cat"},
+             {"path": "unlabelled.mp4"}]
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "gen"
+    assert run_cli(["run", "--dataset", "generic", "--manifest", manifest, "--video-root",
+                    videos, "--output", out, "--short-side", "64", "--no-progress",
+                    *LOCAL_BEAM]) == 0
+    rows = {r["line"]: r for r in _index(str(out))}
+    assert len(rows) == len(lines)
+    assert rows[1]["status"] == "ok" and rows[1]["split"] == "val" and not rows[1]["has_audio"]
+    assert rows[2]["status"] == "ok" and rows[2]["label_index"] == 1
+    assert "escapes the video root" in rows[3]["failure_reason"]
+    assert "duplicate key a__one (first at line 1)" in rows[4]["failure_reason"]
+    assert rows[5]["status"] == "failed" and rows[5]["label"] is None
+    sample = _samples(str(out))["a__one"]
+    assert "cls" in sample and "mfcc.npy" not in sample
