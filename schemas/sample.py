@@ -116,3 +116,11 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         "rgb": np.stack(rgb) if rgb else np.zeros((0, meta["height"], meta["width"], 3), np.uint8),
         "mfcc": np.load(io.BytesIO(sample[MFCC]), allow_pickle=False) if MFCC in sample else None,
     }
+
+
+def iter_samples(urls: Any) -> Any:
+    """Samples of the shards at ``urls`` (a path, a brace pattern or a list; local or
+    any URL webdataset opens) as ``decode_sample`` dicts, in shard order."""
+    import webdataset as wds  # local: writers do not need it
+
+    return map(decode_sample, wds.WebDataset(urls, shardshuffle=False))
