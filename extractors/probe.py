@@ -130,4 +130,6 @@ def probe(path: str) -> MediaInfo:
     info = parse_probe(stderr)
     if info is None:
         raise MediaError("probe", "no video stream")
+    if info.width <= 0 or info.height <= 0:
+        raise MediaError("probe", "the video stream has no frame size")
     return info

@@ -262,3 +262,34 @@ def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
     assert rows[5]["status"] == "failed" and rows[5]["label"] is None
     sample = _samples(str(out))["a__one"]
     assert "cls" in sample and "mfcc.npy" not in sample
+
+
+def test_mfcc_options_reach_the_samples(tmp_path, run_cli):
+    from actprep.pipelines.synth import make_video
+
+    make_video(str(tmp_path / "tone.mp4"), duration=1.0, size=(96, 64), audio_freq=1000)
+    (tmp_path / "list.csv").write_text("path,label\ntone.mp4,beep\n")
+    out = tmp_path / "o"
+    assert run_cli(["run", "--dataset", "generic", "--manifest", tmp_path / "list.csv",
+                    "--output", out, "--modalities", "mfcc", "--mfcc-n-mfcc", "20",
+                    "--mfcc-hop-length", "320", "--no-progress", *LOCAL_BEAM]) == 0
+    s = decode_sample(next(iter(_samples(str(out)).values())))
+    assert s["mfcc"].shape == (20, 16000 // 320 + 1)
+    assert s["meta"]["params"]["mfcc"]["n_mfcc"] == 20 and s["rgb"].shape[0] == 0
+    assert s["meta"]["frames"] is None
+
+
+def test_demo_command_end_to_end(tmp_path):
+    """The installed console script, with its default runner settings (all cores,
+    multi-processing), on the built-in demo set."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("actprep")
+    assert exe, "the actprep console script is not installed"
+    proc = subprocess.run([exe, "demo", "--output", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ffmpeg" in proc.stderr and "11 samples ok, 1 failed" in proc.stderr
+    rows = _index(str(tmp_path / "demo" / "shards"))
+    assert len(rows) == 12 and sum(r["status"] == "ok" for r in rows) == 11
