@@ -16,9 +16,6 @@ import numpy as np
 from actprep.extractors.errors import MediaError
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 
-AUDIO_TIMEOUT_S = 600.0
-
-
 def _even(x: float) -> int:
     """Nearest even integer, at least 2."""
     return max(2, 2 * round(x / 2))
@@ -64,6 +61,37 @@ def _reap(proc: subprocess.Popen, reader: threading.Thread) -> None:
             pipe.close()
 
 
+def _pipe(stream: ffmpeg.nodes.OutputStream, chunk_bytes: int, stage: str,
+          exact: bool) -> Iterator[bytearray]:
+    """Runs ffmpeg and yields its stdout in chunks of ``chunk_bytes`` (the last one may be
+    shorter unless ``exact``, when a partial chunk is dropped). Raises MediaError(stage)
+    when ffmpeg fails or produces nothing. Closing early kills and reaps ffmpeg."""
+    proc = (stream.global_args("-nostdin", "-v", "error")
+            .run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True))
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    reader = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    reader.start()
+    produced = False
+    try:
+        while True:
+            buf = bytearray(chunk_bytes)  # fresh and writable: callers may keep or modify it
+            got = proc.stdout.readinto(buf)
+            if got == chunk_bytes or (got and not exact):
+                produced = True
+                yield buf if got == chunk_bytes else buf[:got]
+            if got < chunk_bytes:
+                break
+        proc.wait()
+        reader.join(timeout=10)
+        if proc.returncode != 0:
+            no_stream = stage == "audio" and any("matches no streams" in ln for ln in tail)
+            raise MediaError(stage, "no audio stream" if no_stream else _failure(proc, tail))
+        if not produced:
+            raise MediaError(stage, "no frames decoded" if stage == "decode" else "no samples decoded")
+    finally:
+        _reap(proc, reader)
+
+
 def iter_frames(path: str, out_size: tuple[int, int],
                 fps: float | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames of shape (H, W, 3) in time order, at constant frame rate.
@@ -77,50 +105,25 @@ def iter_frames(path: str, out_size: tuple[int, int],
     if fps is not None:
         video = video.filter("fps", fps=fps)
     video = video.filter("scale", width, height, flags="bicubic").filter("setsar", 1)
-    stream = (video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, fps_mode="cfr")
-              .global_args("-nostdin", "-v", "error"))
-    proc = stream.run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True)
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    reader = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
-    reader.start()
-    frame_bytes = width * height * 3
-    count = 0
-    try:
-        while True:
-            buf = bytearray(frame_bytes)  # fresh and writable: callers may keep or modify it
-            if proc.stdout.readinto(buf) < frame_bytes:  # EOF (a partial frame is dropped)
-                break
-            count += 1
-            yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
-        proc.wait()
-        reader.join(timeout=10)
-        if proc.returncode != 0:
-            raise MediaError("decode", _failure(proc, tail))
-        if count == 0:
-            raise MediaError("decode", "no frames decoded")
-    finally:
-        _reap(proc, reader)
+    stream = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, fps_mode="cfr")
+    for buf in _pipe(stream, width * height * 3, "decode", exact=True):
+        yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+
+
+def iter_audio(path: str, sample_rate: int = 16000,
+               chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """The first audio stream as float32 mono in [-1, 1] at `sample_rate`, in chunks of
+    `chunk_seconds` (always re-decoded, never stream-copied, so any codec ffmpeg reads works;
+    channels are averaged). Streaming keeps memory flat for long videos.
+    MediaError("audio", ...) on failure or when there is no audio stream."""
+    stream = (ffmpeg.input(path)["a:0"]
+              .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, vn=None))
+    chunk_bytes = 4 * max(1, int(chunk_seconds * sample_rate))
+    for buf in _pipe(stream, chunk_bytes, "audio", exact=False):
+        samples = np.frombuffer(buf[: len(buf) // 4 * 4], dtype="<f4")
+        yield np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def decode_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
-    """The first audio stream as float32 mono in [-1, 1] at `sample_rate` (always re-decoded,
-    never stream-copied, so any codec ffmpeg reads works). MediaError("audio", ...) on failure."""
-    stream = (ffmpeg.input(path)["a:0"]
-              .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, vn=None)
-              .global_args("-nostdin", "-v", "error"))
-    proc = stream.run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True)
-    try:
-        out, err = proc.communicate(timeout=AUDIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise MediaError("audio", f"ffmpeg timed out after {AUDIO_TIMEOUT_S:.0f} s") from None
-    stderr = err.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if "matches no streams" in stderr:
-            raise MediaError("audio", "no audio stream")
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        last = lines[-1] if lines else "no error output"
-        raise MediaError("audio", f"ffmpeg exited with status {proc.returncode}: {last}")
-    samples = np.frombuffer(out[: len(out) // 4 * 4], dtype="<f4")
-    return np.clip(samples, -1.0, 1.0).astype(np.float32)
+    """The whole first audio stream at once (see `iter_audio`)."""
+    return np.concatenate(list(iter_audio(path, sample_rate)))

@@ -6,8 +6,8 @@ import json
 import os
 from typing import Any
 
-from actprep.extractors.audio.mfcc import mfcc
-from actprep.extractors.decode import decode_audio, iter_frames, output_size
+from actprep.extractors.audio.mfcc import mfcc_chunks
+from actprep.extractors.decode import iter_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.probe import MediaInfo, probe
 from actprep.extractors.rgb import encode_jpeg
@@ -112,10 +112,10 @@ def _write_mfcc(writer: SampleWriter, key: str, path: str, info: MediaInfo,
                 opts: RunOptions) -> int | None:
     if "mfcc" not in opts.modalities or not info.has_audio:
         return None
-    audio = decode_audio(path, opts.mfcc.sample_rate)
-    if audio.size == 0:
-        raise MediaError("audio", "the audio stream decoded to no samples")
-    features = mfcc(audio, opts.mfcc)
+    try:
+        features = mfcc_chunks(iter_audio(path, opts.mfcc.sample_rate), opts.mfcc)
+    except ValueError as exc:  # too short for the MFCC framing
+        raise MediaError("audio", str(exc)) from None
     writer.add(sample.member_name(key, sample.MFCC), sample.npy_bytes(features))
     return int(features.shape[1])
 

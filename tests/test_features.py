@@ -73,3 +73,41 @@ def test_mfcc_parameters_are_checked():
         MfccParams(fmax=9000)
     with pytest.raises(ValueError, match="mono"):
         mfcc(np.zeros((2, 100), np.float32))
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("chunk", [160, 1000, 4097, 48000])
+def test_chunked_mfcc_equals_whole_signal_librosa(chunk, center):
+    """Streaming audio in chunks of any size gives librosa's whole-signal MFCC."""
+    from actprep.extractors.audio.mfcc import mfcc_chunks
+
+    rng = np.random.default_rng(1)
+    audio = (_tone(700, 3.0) + 0.1 * rng.standard_normal(48000)).astype(np.float32)[:47_777]
+    params = MfccParams(center=center)
+    expected = librosa.feature.mfcc(
+        y=audio, sr=16000, n_mfcc=40, n_mels=64, n_fft=512, win_length=400, hop_length=160,
+        fmin=0, fmax=8000, center=center, norm="ortho")
+    got = mfcc_chunks((audio[i:i + chunk] for i in range(0, len(audio), chunk)), params)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_too_short_audio_for_uncentred_frames():
+    from actprep.extractors.audio.mfcc import mfcc_chunks
+
+    with pytest.raises(ValueError, match="too few"):
+        mfcc_chunks([np.zeros(100, np.float32)], MfccParams(center=False))
+    with pytest.raises(ValueError, match="too few"):
+        mfcc_chunks([], MfccParams())
+
+
+def test_audio_streams_in_fixed_chunks(tmp_path):
+    from actprep.extractors.decode import decode_audio, iter_audio
+    from actprep.pipelines.synth import make_video
+
+    path = make_video(str(tmp_path / "a.mkv"), duration=1.2, size=(64, 48), audio_freq=500)
+    chunks = list(iter_audio(path, 16000, chunk_seconds=0.25))
+    assert all(len(c) == 4000 for c in chunks[:-1]) and 0 < len(chunks[-1]) <= 4000
+    whole = decode_audio(path)
+    np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    assert abs(len(whole) - 1.2 * 16000) < 0.02 * 16000

@@ -1,13 +1,15 @@
-"""MFCC matrices with librosa.
+"""MFCC matrices with librosa, computed chunk by chunk so memory stays flat for long audio.
 
 Defaults follow the log-mel front ends of the ActivityNet-challenge audio models
 (SE-ResNet-50 / ResNet-50 on MFCC "images"): 16 kHz mono, 25 ms Hann window (400 samples)
 in a 512-point FFT, 10 ms hop (160 samples), 64 mel bands over 0-8000 Hz, 40 coefficients
 (DCT-II, orthonormal), centred frames. One column per 10 ms, so T = 1 + len(audio) // hop.
+The result equals ``librosa.feature.mfcc`` on the whole signal with these parameters.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import librosa
 import numpy as np
@@ -37,14 +39,54 @@ class MfccParams:
         return asdict(self)
 
 
+def _mel_power(segment: np.ndarray, p: MfccParams) -> np.ndarray:
+    """Mel power spectrogram of the frames that fit wholly in ``segment`` (no padding)."""
+    spec = librosa.stft(segment, n_fft=p.n_fft, hop_length=p.hop_length,
+                        win_length=p.win_length, window="hann", center=False)
+    return librosa.feature.melspectrogram(S=np.abs(spec) ** 2, sr=p.sample_rate, n_fft=p.n_fft,
+                                          n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax, htk=False)
+
+
+def _frames_mel(buf: np.ndarray, buf_start: int, first: int, stop: int,
+               p: MfccParams) -> np.ndarray:
+    """Mel power of frames first..stop-1, read from ``buf`` (which starts at ``buf_start``
+    of the padded signal)."""
+    lo = first * p.hop_length - buf_start
+    return _mel_power(buf[lo: lo + (stop - first - 1) * p.hop_length + p.n_fft], p)
+
+
+def mfcc_chunks(chunks: Iterable[np.ndarray], params: MfccParams = MfccParams()) -> np.ndarray:
+    """float32 [n_mfcc, T] MFCC of mono float audio arriving in chunks (any sizes).
+
+    Frames are cut from a running buffer exactly where whole-signal framing puts them
+    (with librosa's zero padding of n_fft // 2 at both ends when centred), so only the
+    small mel matrix grows with the audio's length. The dB conversion needs the global
+    maximum (top_db), hence it runs once at the end."""
+    p = params
+    pad = p.n_fft // 2 if p.center else 0
+    buf, buf_start = np.zeros(pad, np.float32), 0
+    done, total, mels = 0, 0, []
+    for chunk in chunks:
+        if chunk.ndim != 1:
+            raise ValueError(f"expected mono audio [N], got shape {chunk.shape}")
+        buf = np.concatenate([buf, np.asarray(chunk, np.float32)])
+        total += len(chunk)
+        fit = (buf_start + len(buf) - p.n_fft) // p.hop_length + 1  # frames wholly in buf
+        if fit > done:
+            mels.append(_frames_mel(buf, buf_start, done, fit, p))
+            drop = fit * p.hop_length - buf_start
+            buf, buf_start, done = buf[drop:], buf_start + drop, fit
+    frames = 1 + total // p.hop_length if p.center else 1 + (total - p.n_fft) // p.hop_length
+    if total == 0 or frames < 1:
+        raise ValueError(f"{total} audio samples are too few for one MFCC frame")
+    if frames > done:
+        mels.append(_frames_mel(np.concatenate([buf, np.zeros(pad, np.float32)]), buf_start,
+                                done, frames, p))
+    log_mel = librosa.power_to_db(np.concatenate(mels, axis=1))
+    out = librosa.feature.mfcc(S=log_mel, n_mfcc=p.n_mfcc, dct_type=2, norm="ortho")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def mfcc(audio: np.ndarray, params: MfccParams = MfccParams()) -> np.ndarray:
     """float32 [n_mfcc, T] MFCC of mono float audio at ``params.sample_rate``."""
-    if audio.ndim != 1:
-        raise ValueError(f"expected mono audio [N], got shape {audio.shape}")
-    out = librosa.feature.mfcc(
-        y=np.asarray(audio, np.float32), sr=params.sample_rate, n_mfcc=params.n_mfcc,
-        n_mels=params.n_mels, n_fft=params.n_fft, win_length=params.win_length,
-        hop_length=params.hop_length, fmin=params.fmin, fmax=params.fmax, center=params.center,
-        window="hann", htk=False, norm="ortho",
-    )
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return mfcc_chunks([audio], params)
