@@ -61,6 +61,9 @@ def shaping(opts: RunOptions, manifest_text: str) -> dict:
     for transient in ("progress", "output"):
         doc.pop(transient)
     doc["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
+    class_path = _class_list_path(opts)
+    doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()
+                             if class_path else None)
     doc["layout_version"] = LAYOUT_VERSION
     return json.loads(json.dumps(doc))  # tuples -> lists, as read back from JSON
 

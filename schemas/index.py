@@ -40,6 +40,11 @@ FIELDS = tuple(INDEX_SCHEMA.names)
 def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     """Rows (dicts, missing fields null) as a table in the index schema."""
     rows = list(rows)
+    for row in rows:
+        unknown = set(row) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"index row {row.get('key')!r} has fields outside the index "
+                             f"schema: {', '.join(sorted(unknown))}")
     return pa.table({f: [r.get(f) for r in rows] for f in FIELDS}, schema=INDEX_SCHEMA)
 
 

@@ -55,13 +55,15 @@ def parse_class_list(text: str, source: str) -> LabelMap:
     lines = [(n, raw.strip()) for n, raw in enumerate(text.splitlines(), 1) if raw.strip()]
     if not lines:
         raise LabelError(f"{source}: the class list is empty")
-    indexed = all(_index_suffix(line) is not None for _, line in lines)
-    if not indexed:
+    if all(_index_suffix(line) is None for _, line in lines):
         return LabelMap(tuple(line for _, line in lines), f"class list {source}")
     by_index: dict[int, str] = {}
     for lineno, line in lines:
-        name, idx = line.rsplit(",", 1)
-        index = int(idx)
+        index = _index_suffix(line)
+        if index is None:
+            raise LabelError(f"{source}:{lineno}: expected 'name,index' like the other lines, "
+                             f"got {line!r}")
+        name = line.rsplit(",", 1)[0]
         if index in by_index:
             raise LabelError(f"{source}:{lineno}: index {index} already used by {by_index[index]!r}")
         by_index[index] = name.strip()

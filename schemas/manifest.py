@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import posixpath
 import re
 from collections import defaultdict
@@ -121,7 +122,7 @@ def _int_field(value: str, name: str, source: str, line: int) -> int:
         number = float(value)
     except ValueError:
         raise ManifestError(f"{source}:{line}: {name} {value!r} is not a number") from None
-    if number != int(number) or number < 0:
+    if not math.isfinite(number) or number != int(number) or number < 0:
         raise ManifestError(f"{source}:{line}: {name} {value!r} is not a whole number of seconds")
     return int(number)
 

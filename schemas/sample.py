@@ -56,7 +56,8 @@ def tar_info(name: str, size: int) -> tarfile.TarInfo:
 def npy_bytes(array: np.ndarray) -> bytes:
     """``.npy`` bytes, never pickled."""
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    array = np.asarray(array)
+    np.save(buf, array if array.ndim == 0 else np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
