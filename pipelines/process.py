@@ -85,7 +85,7 @@ def _extract(entry: PlanEntry, opts: RunOptions) -> dict[str, Any]:
             writer.add(sample.member_name(entry.key, sample.JSON), sample.json_bytes(meta))
     return {"source_bytes": meta["source_bytes"], "duration": duration, "fps": fps,
             "frames": frames, "width": width, "height": height,
-            "has_audio": mfcc_frames is not None if "mfcc" in opts.modalities else info.has_audio,
+            "has_audio": info.has_audio,
             "audio_sample_rate": audio_rate, "mfcc_frames": mfcc_frames,
             "members": writer.members, "sample_bytes": writer.bytes,
             "sample_sha256": writer.sha256}
