@@ -37,5 +37,5 @@ setup(
         "torch": ["torch>=2.1"],
         "test": ["pytest>=7", "psutil>=5.9"],
     },
-    entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:main"]},
+    entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
 )
