@@ -25,7 +25,11 @@ def _check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> l
 
 
 def _local_defaults(beam_args: list[str]) -> list[str]:
-    """On the DirectRunner (Beam's default), use every core unless told otherwise."""
+    """On the DirectRunner (Beam's default), use every core unless told otherwise: one
+    worker thread per core. Threads beat processes here: the heavy work (ffmpeg in its
+    own process, JPEG encoding, librosa's numpy) runs outside the GIL, and one process
+    imports the libraries once (a 2-core machine: 12-clip job 9.9 s with threads against
+    13-14 s with processes; see docs/BENCHMARKS.md)."""
     names = {a[2:].split("=", 1)[0] for a in beam_args if a.startswith("--")}
     runner = PipelineOptions(beam_args).get_all_options().get("runner")
     if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
@@ -34,7 +38,7 @@ def _local_defaults(beam_args: list[str]) -> list[str]:
     if "direct_num_workers" not in names:
         extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
     if "direct_running_mode" not in names:
-        extra.append("--direct_running_mode=multi_processing")
+        extra.append("--direct_running_mode=multi_threading")
     return beam_args + extra
 
 

@@ -137,13 +137,13 @@ def test_shard_headers_are_fixed_and_index_matches(kinetics_run):
     assert counts == {k: r["members"] for k, r in rows.items()}
 
 
-def test_multiprocessing_runner_gives_identical_shards(kinetics_set, kinetics_run, tmp_path,
-                                                       run_cli):
-    out = str(tmp_path / "mp")
+@pytest.mark.parametrize("mode", ["multi_processing", "multi_threading"])
+def test_parallel_runners_give_identical_shards(kinetics_set, kinetics_run, tmp_path, run_cli,
+                                                mode):
+    out = str(tmp_path / mode)
     code = run_cli(["run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
                     "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4",
-                    "--no-progress", "--direct_num_workers=2",
-                    "--direct_running_mode=multi_processing"])
+                    "--no-progress", "--direct_num_workers=2", f"--direct_running_mode={mode}"])
     assert code == 0
     names = sorted(f for f in os.listdir(kinetics_run) if f.endswith(".tar"))
     assert names == sorted(f for f in os.listdir(out) if f.endswith(".tar"))
@@ -281,7 +281,7 @@ def test_mfcc_options_reach_the_samples(tmp_path, run_cli):
 
 def test_demo_command_end_to_end(tmp_path):
     """The installed console script, with its default runner settings (all cores,
-    multi-processing), on the built-in demo set."""
+    multi-threading), on the built-in demo set."""
     import shutil
     import subprocess
 
