@@ -29,6 +29,7 @@ class RunOptions:
     shard_size: int = 100
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     min_decoded_fraction: float = 0.9
+    decode_threads: int = 1
     mfcc: MfccParams = field(default_factory=MfccParams)
     progress: bool = True
 
@@ -96,6 +97,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per shard (default 100)")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
                         choices=range(1, 101), metavar="1..100")
+    parser.add_argument("--decode-threads", type=int, default=1,
+                        help="ffmpeg decoder threads per video (default 1: videos already "
+                        "decode in parallel, one per worker; 0 lets ffmpeg decide)")
     parser.add_argument("--min-decoded-fraction", type=float, default=0.9,
                         help="fail a video whose decoded length is under this fraction of the "
                         "length its header declares (truncated files); 0 disables")
@@ -124,5 +128,6 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         classes=args.classes, split=args.split, modalities=args.modalities, fps=args.fps,
         short_side=None if args.size else args.short_side, size=args.size,
         shard_size=args.shard_size, jpeg_quality=args.jpeg_quality,
-        min_decoded_fraction=args.min_decoded_fraction, mfcc=mfcc, progress=args.progress,
+        min_decoded_fraction=args.min_decoded_fraction, decode_threads=args.decode_threads,
+        mfcc=mfcc, progress=args.progress,
     )

@@ -58,7 +58,7 @@ def derive_plan(opts: RunOptions, manifest_text: str) -> tuple[list[PlanEntry], 
 def shaping(opts: RunOptions, manifest_text: str) -> dict:
     """What fixes the output's content: a rerun must match it exactly."""
     doc = opts.as_dict()
-    for transient in ("progress", "output"):
+    for transient in ("progress", "output", "decode_threads"):  # no effect on the bytes
         doc.pop(transient)
     doc["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
     class_path = _class_list_path(opts)

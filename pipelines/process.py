@@ -97,7 +97,7 @@ def _write_rgb(writer: SampleWriter, key: str, path: str, info: MediaInfo,
     if "rgb" not in opts.modalities:
         return None
     count = 0
-    for count, frame in enumerate(iter_frames(path, size, opts.fps), 1):
+    for count, frame in enumerate(iter_frames(path, size, opts.fps, opts.decode_threads), 1):
         writer.add(sample.member_name(key, sample.rgb_suffix(count)),
                    encode_jpeg(frame, opts.jpeg_quality))
     if info.duration and opts.min_decoded_fraction > 0:

@@ -111,3 +111,14 @@ def test_audio_streams_in_fixed_chunks(tmp_path):
     whole = decode_audio(path)
     np.testing.assert_array_equal(np.concatenate(chunks), whole)
     assert abs(len(whole) - 1.2 * 16000) < 0.02 * 16000
+
+
+def test_decoder_threads_do_not_change_frames(tmp_path):
+    from actprep.extractors.decode import iter_frames
+    from actprep.pipelines.synth import make_video
+
+    path = make_video(str(tmp_path / "t.mp4"), duration=1.0, size=(320, 240), audio_freq=None)
+    one = list(iter_frames(path, (160, 120), threads=1))
+    auto = list(iter_frames(path, (160, 120), threads=0))
+    assert len(one) == len(auto) == 25
+    assert all(np.array_equal(a, b) for a, b in zip(one, auto))
