@@ -29,13 +29,14 @@ setup(
         "soundfile>=0.12",
         "ffmpeg-python>=0.2",
         "imageio-ffmpeg>=0.5",
-        "opencv-python-headless>=4.8",
+        "opencv-contrib-python-headless>=4.8",  # contrib: cv2.optflow (TV-L1)
         "tqdm>=4.60",
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60"],
         "torch": ["torch>=2.1"],
-        "test": ["pytest>=7", "psutil>=5.9"],
+        # torch pinned for tests: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+        "test": ["pytest>=7", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
 )
