@@ -19,3 +19,16 @@ def encode_jpeg(frame: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
     if not ok:
         raise RuntimeError("OpenCV failed to encode a JPEG")
     return buf.tobytes()
+
+
+def encode_gray_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """Single-channel JPEG of a uint8 [H, W] image (quantized flow components)."""
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected uint8 [H, W], got {image.dtype} {image.shape}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a JPEG")
+    return buf.tobytes()

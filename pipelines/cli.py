@@ -58,6 +58,40 @@ def cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return run_demo(args.output, _local_defaults(_check_beam_args(parser, beam_args)))
 
 
+def cmd_flow(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             beam_args: list[str]) -> int:
+    from actprep.pipelines.flowcli import FlowCliError, flow_images
+
+    if beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    try:
+        report = flow_images(args.first, args.second, args.output, backend=args.backend,
+                             device=args.device, preset_name=args.preset, viz=args.viz)
+    except FlowCliError as exc:
+        print(f"actprep flow: error: {exc}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def _add_flow_parser(sub) -> None:
+    from actprep.extractors.flow.engine import BACKENDS, DEVICES
+    from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS
+
+    flow_p = sub.add_parser("flow", help="TV-L1 optical flow between two images")
+    flow_p.add_argument("first", help="first image (any format OpenCV reads)")
+    flow_p.add_argument("second", help="second image, same size")
+    flow_p.add_argument("-o", "--output", required=True,
+                        help="flow file: .flo (Middlebury) or .npy (float32 [H, W, 2])")
+    flow_p.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="torch or opencv (auto: torch on CUDA when available, else opencv)")
+    flow_p.add_argument("--device", choices=DEVICES, default="auto")
+    flow_p.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                        help=f"TV-L1 parameters (default {DEFAULT_PRESET})")
+    flow_p.add_argument("--viz", metavar="PNG", help="also write the Middlebury colour coding")
+    flow_p.set_defaults(func=cmd_flow)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from actprep.pipelines.options import add_run_arguments
 
@@ -73,6 +107,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo_p = sub.add_parser("demo", help="generate a small Kinetics-style set and run on it")
     demo_p.add_argument("--output", default="actprep-demo", help="folder (default ./actprep-demo)")
     demo_p.set_defaults(func=cmd_demo)
+    _add_flow_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import commit_shard
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.process import load_result, process_entry
+from actprep.pipelines.process import load_result, make_flow_engine, process_entry
 from actprep.schemas.index import OK
 from actprep.schemas.plan import PlanEntry
 
@@ -29,14 +29,21 @@ class ProcessVideos(beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "videos_failed")
         self.reused = Metrics.counter(NAMESPACE, "videos_reused")
         self.frames = Metrics.counter(NAMESPACE, "frames")
+        self.flows = Metrics.counter(NAMESPACE, "flow_pairs")
+        self.engine = None
+
+    def setup(self) -> None:
+        """Heavy per-worker state: the flow engine (OpenCV objects or the torch device)."""
+        self.engine = make_flow_engine(self.opts)
 
     def process(self, entry: PlanEntry) -> Iterator[tuple[int, dict]]:
         result = load_result(self.opts, entry)
         if result is not None:
             self.reused.inc()
         else:
-            result = process_entry(entry, self.opts)
+            result = process_entry(entry, self.opts, self.engine)
             self.frames.inc(result.get("frames") or 0)
+            self.flows.inc(result.get("flow_pairs") or 0)
         (self.ok if result["status"] == OK else self.failed).inc()
         yield entry.shard, result
 

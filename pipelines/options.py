@@ -5,10 +5,18 @@ import argparse
 from dataclasses import asdict, dataclass, field
 
 from actprep.extractors.audio.mfcc import MfccParams
+from actprep.extractors.flow.engine import BACKENDS as FLOW_BACKENDS
+from actprep.extractors.flow.engine import DEVICES
+from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS, preset
+from actprep.extractors.flow.quantize import DEFAULT_BOUND
 from actprep.extractors.rgb import DEFAULT_JPEG_QUALITY
 from actprep.schemas.manifest import DATASETS
 
-MODALITIES = ("rgb", "mfcc")
+MODALITIES = ("rgb", "flow", "mfcc")
+# options that change how a run goes, not what its output means: a rerun may change them
+# (the flow backend and device actually used are recorded in each sample's metadata)
+TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
+             "flow_batch_size")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
 
@@ -31,15 +39,32 @@ class RunOptions:
     min_decoded_fraction: float = 0.9
     decode_threads: int = 1
     mfcc: MfccParams = field(default_factory=MfccParams)
+    flow_backend: str = "auto"
+    device: str = "auto"
+    flow_preset: str = DEFAULT_PRESET
+    flow_bound: float = DEFAULT_BOUND
+    flow_batch_size: int = 8
+    flow_raw: bool = False
     progress: bool = True
 
-    def extractor_params(self) -> dict:
-        """The parameters that shape a sample, as recorded in its metadata."""
+    def flow_params(self) -> dict:
+        """Flow settings that shape the output: preset name, its TV-L1 parameters, the
+        quantization bound and whether raw flow is stored."""
+        return {"preset": self.flow_preset, "tvl1": preset(self.flow_preset).as_dict(),
+                "bound": self.flow_bound, "raw": self.flow_raw}
+
+    def extractor_params(self, flow_backend: str | None = None,
+                         flow_device: str | None = None) -> dict:
+        """The parameters that shape a sample, as recorded in its metadata; with flow,
+        ``flow_backend``/``flow_device`` are what actually computed it (not the request)."""
         params: dict = {"modalities": list(self.modalities), "fps": self.fps,
                         "short_side": self.short_side,
                         "size": list(self.size) if self.size else None}
         if "rgb" in self.modalities:
             params["rgb"] = {"jpeg_quality": self.jpeg_quality}
+        if "flow" in self.modalities:
+            params["flow"] = {**self.flow_params(), "backend": flow_backend,
+                              "device": flow_device}
         if "mfcc" in self.modalities:
             params["mfcc"] = self.mfcc.as_dict()
         return params
@@ -108,6 +133,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--mfcc-{name.replace('_', '-')}", dest=f"mfcc_{name}",
                             type=_bool if isinstance(value, bool) else type(value),
                             default=value, help=f"MFCC {name} (default {value})")
+    parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default="auto",
+                        help="TV-L1 implementation: torch (batched, GPU or CPU) or opencv "
+                        "(CPU); auto: torch on CUDA when available, else opencv")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where torch flow runs (auto: cuda when available)")
+    parser.add_argument("--flow-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                        help=f"TV-L1 parameter preset (default {DEFAULT_PRESET}; tsn needs "
+                        "the torch backend)")
+    parser.add_argument("--flow-bound", type=_positive(float), default=DEFAULT_BOUND,
+                        help=f"flow clipped to +-this many pixels before 8-bit quantization "
+                        f"(default {DEFAULT_BOUND:g})")
+    parser.add_argument("--flow-batch-size", type=_positive(int), default=8,
+                        help="frame pairs per torch flow call (default 8)")
+    parser.add_argument("--flow-raw", action="store_true",
+                        help="also store raw flow as float16 KEY.flow.NNNNNN.npy members")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no live progress display")
 
@@ -129,5 +169,7 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         short_side=None if args.size else args.short_side, size=args.size,
         shard_size=args.shard_size, jpeg_quality=args.jpeg_quality,
         min_decoded_fraction=args.min_decoded_fraction, decode_threads=args.decode_threads,
-        mfcc=mfcc, progress=args.progress,
+        mfcc=mfcc, flow_backend=args.flow_backend, device=args.device,
+        flow_preset=args.flow_preset, flow_bound=args.flow_bound,
+        flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw, progress=args.progress,
     )

@@ -7,7 +7,7 @@ import posixpath
 from dataclasses import dataclass
 
 from actprep.pipelines import layout, storage
-from actprep.pipelines.options import RunOptions
+from actprep.pipelines.options import TRANSIENT, RunOptions
 from actprep.schemas.labels import LabelMap, parse_class_list
 from actprep.schemas.manifest import VideoIndex, check_rows, read_manifest
 from actprep.schemas.plan import PlanEntry, make_plan
@@ -58,8 +58,11 @@ def derive_plan(opts: RunOptions, manifest_text: str) -> tuple[list[PlanEntry], 
 def shaping(opts: RunOptions, manifest_text: str) -> dict:
     """What fixes the output's content: a rerun must match it exactly."""
     doc = opts.as_dict()
-    for transient in ("progress", "output", "decode_threads"):  # no effect on the bytes
+    for transient in TRANSIENT:  # speed, not meaning; the flow backend/device used is in each sample's metadata
         doc.pop(transient)
+    if "flow" not in opts.modalities:  # as before flow existed: older outputs still resume
+        for name in ("flow_preset", "flow_bound", "flow_raw"):
+            doc.pop(name)
     doc["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
     class_path = _class_list_path(opts)
     doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()

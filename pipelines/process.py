@@ -2,15 +2,21 @@
 fragment, and return its index row. Plain Python: the Beam wrapper lives in job.py."""
 from __future__ import annotations
 
+import collections
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from actprep.extractors.audio.mfcc import mfcc_chunks
 from actprep.extractors.decode import iter_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.probe import MediaInfo, probe
-from actprep.extractors.rgb import encode_jpeg
+from actprep.extractors.flow.engine import FlowEngine
+from actprep.extractors.flow.params import preset
+from actprep.extractors.flow.quantize import quantize
+from actprep.extractors.rgb import encode_gray_jpeg, encode_jpeg
 from actprep.pipelines import layout, storage
 from actprep.pipelines.fragment import SampleWriter, sample_writer
 from actprep.pipelines.options import RunOptions
@@ -35,14 +41,27 @@ def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
     return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
-def process_entry(entry: PlanEntry, opts: RunOptions) -> dict[str, Any]:
+def make_flow_engine(opts: RunOptions) -> FlowEngine | None:
+    """The flow engine for these options (None without the flow modality). Build it once
+    per worker and pass it to every ``process_entry``: it holds the backend's state."""
+    if "flow" not in opts.modalities:
+        return None
+    return FlowEngine(opts.flow_backend, opts.device, preset(opts.flow_preset),
+                      opts.flow_batch_size)
+
+
+def process_entry(entry: PlanEntry, opts: RunOptions,
+                  engine: FlowEngine | None = None) -> dict[str, Any]:
     """Processes one video and checkpoints it (fragment, then result record). Any
-    failure becomes a recorded result with its stage and reason."""
+    failure becomes a recorded result with its stage and reason. ``engine``: from
+    ``make_flow_engine``; built here when flow is wanted and none is given."""
     if entry.error:
         result = failed(entry, "manifest", entry.error)
     else:
         try:
-            result = {**base_row(entry), "status": OK, **_extract(entry, opts)}
+            if engine is None:
+                engine = make_flow_engine(opts)
+            result = {**base_row(entry), "status": OK, **_extract(entry, opts, engine)}
         except MediaError as exc:
             result = failed(entry, exc.stage, exc.reason)
         except Exception as exc:  # a bug or an environment problem: still recorded
@@ -60,7 +79,7 @@ def _fetch(path: str | None):
     return storage.local_copy(path)
 
 
-def _extract(entry: PlanEntry, opts: RunOptions) -> dict[str, Any]:
+def _extract(entry: PlanEntry, opts: RunOptions, engine: FlowEngine | None) -> dict[str, Any]:
     with _fetch(entry.path) as local:
         info = probe(local)
         width, height = output_size(info.width, info.height, opts.short_side, opts.size)
@@ -72,7 +91,8 @@ def _extract(entry: PlanEntry, opts: RunOptions) -> dict[str, Any]:
             if entry.label_index is not None:
                 writer.add(sample.member_name(entry.key, sample.CLS),
                            sample.cls_bytes(entry.label_index))
-            frames = _write_rgb(writer, entry.key, local, info, (width, height), fps, opts)
+            frames, pairs = _write_frames(writer, entry.key, local, info, (width, height), fps,
+                                          opts, engine)
             mfcc_frames = _write_mfcc(writer, entry.key, local, info, opts)
             audio_rate = opts.mfcc.sample_rate if mfcc_frames is not None else None
             duration = frames / fps if frames is not None else info.duration
@@ -81,31 +101,94 @@ def _extract(entry: PlanEntry, opts: RunOptions) -> dict[str, Any]:
                 label_index=entry.label_index, source_path=entry.path,
                 source_bytes=os.path.getsize(local), duration=duration, fps=fps, frames=frames,
                 width=width, height=height, audio_sample_rate=audio_rate,
-                source=_source_info(info), params=opts.extractor_params())
+                source=_source_info(info),
+                params=opts.extractor_params(*((engine.backend, engine.device) if engine
+                                               else (None, None))))
             writer.add(sample.member_name(entry.key, sample.JSON), sample.json_bytes(meta))
     return {"source_bytes": meta["source_bytes"], "duration": duration, "fps": fps,
             "frames": frames, "width": width, "height": height,
             "has_audio": info.has_audio,
             "audio_sample_rate": audio_rate, "mfcc_frames": mfcc_frames,
+            "flow_pairs": pairs, "flow_backend": engine.backend if engine else None,
             "members": writer.members, "sample_bytes": writer.bytes,
             "sample_sha256": writer.sha256}
 
 
-def _write_rgb(writer: SampleWriter, key: str, path: str, info: MediaInfo,
-               size: tuple[int, int], fps: float, opts: RunOptions) -> int | None:
-    """JPEG members, one per frame, streamed; checks the video was not cut short."""
-    if "rgb" not in opts.modalities:
-        return None
-    count = 0
-    for count, frame in enumerate(iter_frames(path, size, opts.fps, opts.decode_threads), 1):
-        writer.add(sample.member_name(key, sample.rgb_suffix(count)),
-                   encode_jpeg(frame, opts.jpeg_quality))
+class _FrameTap:
+    """Passes decoded frames on unchanged, counting them and queueing their RGB JPEGs
+    (None when rgb is off) until the caller writes them, so RGB and flow share one decode."""
+
+    def __init__(self, frames: Iterator[np.ndarray], quality: int, keep_rgb: bool):
+        self._frames = frames
+        self._quality = quality
+        self._keep_rgb = keep_rgb
+        self.count = 0
+        self.pending: collections.deque[tuple[int, bytes | None]] = collections.deque()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for frame in self._frames:
+            self.count += 1
+            jpeg = encode_jpeg(frame, self._quality) if self._keep_rgb else None
+            self.pending.append((self.count, jpeg))
+            yield frame
+
+    def write_rgb(self, writer: SampleWriter, key: str, upto: int) -> None:
+        """Writes the queued RGB members numbered up to ``upto``."""
+        while self.pending and self.pending[0][0] <= upto:
+            number, jpeg = self.pending.popleft()
+            if jpeg is not None:
+                writer.add(sample.member_name(key, sample.rgb_suffix(number)), jpeg)
+
+
+def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
+                  size: tuple[int, int], fps: float, opts: RunOptions,
+                  engine: FlowEngine | None) -> tuple[int | None, int | None]:
+    """RGB and flow members from one streaming decode; returns (frames, flow pairs), None
+    for what was not extracted. Members go per frame N: ``rgb.N`` then flow N (N to N+1),
+    whatever the flow batch size, so equal options give equal bytes. At most a flow batch
+    of frames is held at once."""
+    want_rgb = "rgb" in opts.modalities
+    if not want_rgb and engine is None:
+        return None, None
+    tap = _FrameTap(iter_frames(path, size, opts.fps, opts.decode_threads),
+                    opts.jpeg_quality, want_rgb)
+    pairs = None
+    if engine is not None:
+        pairs = 0
+        for pairs, flow in enumerate(engine.flows(tap), 1):
+            tap.write_rgb(writer, key, upto=pairs)
+            _write_flow(writer, key, pairs, flow, opts)
+    else:
+        for _ in tap:
+            tap.write_rgb(writer, key, upto=tap.count)
+    tap.write_rgb(writer, key, upto=tap.count)
+    _check_length(tap.count, info, fps, opts)
+    if pairs is not None and pairs != tap.count - 1:
+        raise RuntimeError(f"flow: {pairs} flow fields for {tap.count} frames (expected "
+                           f"{tap.count - 1})")
+    return tap.count, pairs
+
+
+def _write_flow(writer: SampleWriter, key: str, number: int, flow: np.ndarray,
+                opts: RunOptions) -> None:
+    """Flow ``number`` as quantized x/y grayscale JPEGs, plus float16 [2, H, W] if raw."""
+    q = quantize(flow, opts.flow_bound)
+    writer.add(sample.member_name(key, sample.flow_x_suffix(number)),
+               encode_gray_jpeg(q[:, :, 0], opts.jpeg_quality))
+    writer.add(sample.member_name(key, sample.flow_y_suffix(number)),
+               encode_gray_jpeg(q[:, :, 1], opts.jpeg_quality))
+    if opts.flow_raw:
+        raw = np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float16)
+        writer.add(sample.member_name(key, sample.flow_raw_suffix(number)), sample.npy_bytes(raw))
+
+
+def _check_length(count: int, info: MediaInfo, fps: float, opts: RunOptions) -> None:
+    """Raises MediaError when the video decoded to clearly fewer frames than declared."""
     if info.duration and opts.min_decoded_fraction > 0:
         declared = info.duration * fps
         if count < opts.min_decoded_fraction * declared - 1:
             raise MediaError("decode", f"truncated: decoded {count} frames ({count / fps:.2f} s) "
                              f"of the {info.duration:.2f} s its header declares")
-    return count
 
 
 def _write_mfcc(writer: SampleWriter, key: str, path: str, info: MediaInfo,

@@ -30,6 +30,8 @@ INDEX_SCHEMA = pa.schema([
     ("has_audio", pa.bool_()),
     ("audio_sample_rate", pa.int32()),
     ("mfcc_frames", pa.int32()),
+    ("flow_pairs", pa.int32()),  # flow fields (frames - 1); null without flow
+    ("flow_backend", pa.string()),  # "torch" or "opencv": what computed them
     ("members", pa.int32()),  # tar members of the sample
     ("sample_bytes", pa.int64()),  # bytes of the sample's members (data only)
     ("sample_sha256", pa.string()),  # over member names and data, in tar order

@@ -1,0 +1,144 @@
+"""Flow of a frame stream: consecutive pairs through one backend, batched for torch.
+
+``FlowEngine.flows(frames)`` turns F RGB frames into F-1 flows (flow i: frame i to i+1) in
+order, streaming: at most ``batch_size`` pairs are held at once whatever the video's length,
+and the last partial batch is always computed. Backends:
+
+- ``opencv``: ``cv2.optflow.DualTVL1OpticalFlow`` on the CPU, one pair at a time;
+- ``torch``: ``tvl1_torch.tvl1_flow`` on ``batch_size`` pairs per call, on CPU or CUDA.
+
+``auto`` picks torch on CUDA when a GPU is there, else OpenCV on the CPU. torch is imported only
+when needed, so the OpenCV path works without it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from actprep.extractors.flow.opencv_backend import check_supported, opencv_flow
+from actprep.extractors.flow.params import TVL1Params
+
+BACKENDS = ("auto", "torch", "opencv")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    """True when torch is installed and sees a CUDA device (False without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve(backend: str, device: str) -> tuple[str, str]:
+    """(backend, device) that will actually run for the requested ones.
+
+    auto/auto: torch on CUDA when available, else OpenCV on the CPU. OpenCV runs only on the
+    CPU; asking for CUDA without a GPU is an error rather than a silent CPU fallback."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown flow backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not cuda_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available "
+                         "(torch.cuda.is_available() is False or torch is not installed)")
+    if backend == "opencv":
+        if device == "cuda":
+            raise ValueError("the opencv flow backend runs on the CPU only; use "
+                             "--flow-backend torch for cuda")
+        return "opencv", "cpu"
+    if backend == "torch":
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        return "torch", device
+    if device == "cuda" or (device == "auto" and cuda_available()):
+        return "torch", "cuda"
+    return "opencv", "cpu"
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] to uint8 gray [H, W] (OpenCV's BT.601 weights)."""
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB [H, W, 3], got {frame.dtype} {frame.shape}")
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def pairs(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive gray pairs (frame i, frame i+1) of RGB ``frames``, streaming."""
+    prev = None
+    for frame in frames:
+        gray = to_gray(frame)
+        if prev is not None:
+            if gray.shape != prev.shape:
+                raise ValueError(f"frame size changed from {prev.shape} to {gray.shape}")
+            yield prev, gray
+        prev = gray
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` consecutive items; the last one may be shorter (never dropped)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class FlowEngine:
+    """TV-L1 flow of frame streams with one backend, set up once and reused for many videos.
+
+    ``backend`` and ``device`` are the ones resolved from the request: what actually runs.
+    """
+
+    def __init__(self, backend: str = "auto", device: str = "auto",
+                 params: TVL1Params | None = None, batch_size: int = 8):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.params = params or TVL1Params()
+        self.batch_size = int(batch_size)
+        self.backend, self.device = resolve(backend, device)
+        if self.backend == "opencv":
+            check_supported(self.params)
+            self._batch_fn = self._opencv_batch
+        else:
+            self._batch_fn = self._torch_batch_fn()
+
+    def __repr__(self) -> str:
+        return (f"FlowEngine(backend={self.backend!r}, device={self.device!r}, "
+                f"batch_size={self.batch_size})")
+
+    def flows(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """float32 [H, W, 2] flows of consecutive uint8 RGB frames: F-1 for F frames."""
+        for batch in batched(pairs(frames), self.batch_size):
+            yield from self._batch_fn(batch)
+
+    def pair_flow(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Flow between two uint8 gray frames [H, W] (float32 [H, W, 2])."""
+        return self._batch_fn([(prev, nxt)])[0]
+
+    def _opencv_batch(self, batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [opencv_flow(a, b, self.params) for a, b in batch]
+
+    def _torch_batch_fn(self) -> Callable[[list], list[np.ndarray]]:
+        """The torch backend: stacks a batch, one ``tvl1_flow`` call on the device."""
+        import torch
+
+        from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+        device = torch.device(self.device)
+        params = self.params
+
+        def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+            prev = torch.from_numpy(np.stack([a for a, _ in batch])).to(device, torch.float32)
+            nxt = torch.from_numpy(np.stack([b for _, b in batch])).to(device, torch.float32)
+            with torch.no_grad():
+                out = tvl1_flow(prev, nxt, params)  # [B, 2, H, W]
+            return list(out.permute(0, 2, 3, 1).float().cpu().numpy())
+
+        return run
