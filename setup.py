@@ -1,13 +1,12 @@
 """Install actprep: the packages live in the repository root (schemas/, extractors/,
 pipelines/) and install under the ``actprep`` namespace."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = {
-    "actprep.schemas": "schemas",
-    "actprep.extractors": "extractors",
-    "actprep.extractors.audio": "extractors/audio",
-    "actprep.pipelines": "pipelines",
-}
+ROOTS = ("schemas", "extractors", "pipelines")
+PACKAGES = {f"actprep.{root}": root for root in ROOTS}
+for root in ROOTS:  # every sub-package, so a new folder cannot be left out of the install
+    for sub in find_packages(where=root):
+        PACKAGES[f"actprep.{root}.{sub}"] = f"{root}/{sub.replace('.', '/')}"
 
 setup(
     name="actprep",
