@@ -1,0 +1,160 @@
+"""Flow benchmark: pairs/s of OpenCV's CPU DualTVL1 and the torch TV-L1 (CPU, and CUDA when
+present) on the same real frames at 340x256, in one run, reported as ratios to OpenCV.
+
+A script, not a test. Frames: the Middlebury frame10/frame11 pairs of ../shared/data
+(real photographs), resized to 340x256 and converted to gray as the pipeline does. On CUDA it
+also checks correctness against the CPU result of the same backend (endpoint error) and
+sweeps the batch size.
+
+    python benchmarks/flow.py [--data DIR] [--presets opencv,quality] [--pairs N]
+                              [--batch-sizes 1,4,8] [--cuda-batch-sizes 1,8,32,64,128,256]
+                              [--seconds S] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from actprep.extractors.flow.params import preset
+
+SIZE = (340, 256)
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "middlebury"))
+
+
+def load_pairs(data: str, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Gray uint8 340x256 pairs from the Middlebury sequences, cycled to ``count``."""
+    seqs = sorted(glob.glob(os.path.join(data, "*", "frame10.png")))
+    if not seqs:
+        raise SystemExit(f"no Middlebury frames under {data} (pass --data)")
+    pairs = []
+    for f10 in seqs:
+        f11 = f10.replace("frame10", "frame11")
+        gray = [cv2.cvtColor(cv2.resize(cv2.imread(f), SIZE, interpolation=cv2.INTER_AREA),
+                             cv2.COLOR_BGR2GRAY) for f in (f10, f11)]
+        pairs.append((gray[0], gray[1]))
+    return [pairs[i % len(pairs)] for i in range(count)]
+
+
+def _timed(fn, budget: float) -> tuple[float, int]:
+    """Calls fn() (which processes some pairs and returns their count) until ``budget``
+    seconds have passed, after one warm-up call; returns (pairs/s, pairs timed)."""
+    fn()
+    done, start = 0, time.perf_counter()
+    while True:
+        done += fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget:
+            return done / elapsed, done
+
+
+def bench_opencv(pairs, params, budget: float) -> tuple[float, list[np.ndarray]]:
+    from actprep.extractors.flow.opencv_backend import opencv_flow
+
+    flows = [opencv_flow(a, b, params) for a, b in pairs]
+
+    def step() -> int:
+        for a, b in pairs:
+            opencv_flow(a, b, params)
+        return len(pairs)
+    return _timed(step, budget)[0], flows
+
+
+def bench_torch(pairs, params, device: str, batch: int, budget: float):
+    import torch
+
+    from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+    reps = -(-batch // len(pairs))
+    src = (pairs * reps)[:batch]
+    prev = torch.from_numpy(np.stack([a for a, _ in src]).astype(np.float32)).to(device)
+    nxt = torch.from_numpy(np.stack([b for _, b in src]).astype(np.float32)).to(device)
+
+    def step() -> int:
+        out = tvl1_flow(prev, nxt, params)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        step.last = out
+        return batch
+    rate = _timed(step, budget)[0]
+    flows = step.last.permute(0, 2, 3, 1).cpu().numpy()
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return rate, flows, mem
+
+
+def epe(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((a - b) ** 2).sum(-1)).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--presets", default="opencv,quality")
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--batch-sizes", default="1,4,8", help="torch on the CPU")
+    p.add_argument("--cuda-batch-sizes", default="1,8,32,64,128,256")
+    p.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    cv2.setNumThreads(cores)
+    pairs = load_pairs(args.data, args.pairs)
+    cuda = torch.cuda.is_available()
+    info = {"cores": cores, "python": platform.python_version(), "torch": torch.__version__,
+            "opencv": cv2.__version__, "cuda": torch.cuda.get_device_name(0) if cuda else None,
+            "size": SIZE, "pairs": len(pairs)}
+    print(f"# flow benchmark at {SIZE[0]}x{SIZE[1]}: {info}", file=sys.stderr)
+    rows, results = [], {"machine": info, "presets": {}}
+    for name in args.presets.split(","):
+        params = preset(name)
+        res: dict = {}
+        if params.pyramid == "resize":
+            res["opencv_cpu"], cv_flows = bench_opencv(pairs, params, args.seconds)
+            rows.append((name, "opencv", "cpu", 1, res["opencv_cpu"], 1.0, None, None))
+        else:
+            cv_flows = None
+        base = res.get("opencv_cpu")
+        cpu_flows = None
+        for b in (int(x) for x in args.batch_sizes.split(",")):
+            rate, flows, _ = bench_torch(pairs, params, "cpu", b, args.seconds)
+            cpu_flows = flows if cpu_flows is None else cpu_flows
+            res[f"torch_cpu_b{b}"] = rate
+            agree = epe(flows[0], cv_flows[0]) if cv_flows is not None else None
+            rows.append((name, "torch", "cpu", b, rate, rate / base if base else None, agree, None))
+        if cuda:
+            for b in (int(x) for x in args.cuda_batch_sizes.split(",")):
+                torch.cuda.reset_peak_memory_stats()
+                rate, flows, mem = bench_torch(pairs, params, "cuda", b, args.seconds)
+                res[f"torch_cuda_b{b}"] = rate
+                res[f"torch_cuda_b{b}_epe_vs_cpu"] = epe(flows[0], cpu_flows[0])
+                rows.append((name, "torch", "cuda", b, rate, rate / base if base else None,
+                             res[f"torch_cuda_b{b}_epe_vs_cpu"], mem))
+        results["presets"][name] = res
+    print("| preset | backend | device | batch | pairs/s | vs OpenCV CPU | EPE vs reference | GPU MiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name, backend, dev, b, rate, ratio, agree, mem in rows:
+        print(f"| {name} | {backend} | {dev} | {b} | {rate:.2f} | "
+              f"{'' if ratio is None else f'{ratio:.2f}x'} | "
+              f"{'' if agree is None else f'{agree:.3f}'} | {'' if mem is None else f'{mem:.0f}'} |")
+    print("\nEPE vs reference: torch on the CPU against OpenCV (first pair); torch on CUDA "
+          "against torch on the CPU (first pair).")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

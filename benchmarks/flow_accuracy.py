@@ -1,0 +1,105 @@
+"""Accuracy of the TV-L1 flows on the Middlebury sequences with public ground truth.
+
+For each of the 8 sequences (full size, gray = cv2.cvtColor BGR2GRAY) computes the average
+endpoint error against ``flow10.flo`` over known pixels for the torch backend with the
+``opencv``, ``tsn`` and ``quality`` presets and for OpenCV's DualTVL1 with the ``opencv``
+and ``quality`` presets, and prints a Markdown table (plus the mean per run and wall time).
+
+    python benchmarks/flow_accuracy.py [--data DIR] [--device cpu|cuda] [--runs a,b,...]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from actprep.extractors.flow.params import TVL1Params, preset
+from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+SEQUENCES = ("Dimetrodon", "Grove2", "Grove3", "Hydrangea", "RubberWhale", "Urban2", "Urban3",
+             "Venus")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "middlebury"
+RUNS = ("torch:opencv", "torch:tsn", "torch:quality", "opencv:opencv", "opencv:quality")
+FLO_TAG = 202021.25
+UNKNOWN = 1e9
+
+
+def read_flo(path: Path) -> np.ndarray:
+    """A Middlebury .flo file as float32 [H, W, 2]."""
+    raw = path.read_bytes()
+    if np.frombuffer(raw, "<f4", 1, 0)[0] != FLO_TAG:
+        raise ValueError(f"{path}: not a .flo file")
+    w, h = (int(v) for v in np.frombuffer(raw, "<i4", 2, 4))
+    return np.frombuffer(raw, "<f4", h * w * 2, 12).reshape(h, w, 2).copy()
+
+
+def epe(flow: np.ndarray, gt: np.ndarray) -> float:
+    """Average endpoint error over the pixels whose ground truth is known."""
+    known = (np.abs(gt) < UNKNOWN).all(-1)
+    return float(np.linalg.norm(flow - gt, axis=-1)[known].mean())
+
+
+def load_gray(seq_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """frame10 and frame11 as uint8 gray."""
+    return tuple(cv2.cvtColor(cv2.imread(str(seq_dir / f"frame{n}.png")), cv2.COLOR_BGR2GRAY)
+                 for n in (10, 11))
+
+
+def opencv_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
+    """OpenCV's DualTVL1 with the given parameters (pyramid kind is not settable there)."""
+    algo = cv2.optflow.DualTVL1OpticalFlow_create(
+        tau=p.tau, lambda_=p.lambda_, theta=p.theta, nscales=p.nscales, warps=p.warps,
+        epsilon=p.epsilon, innnerIterations=p.inner_iterations,
+        outerIterations=p.outer_iterations, scaleStep=p.scale_step, gamma=p.gamma,
+        medianFiltering=p.median_filtering, useInitialFlow=False)
+    return algo.calc(prev, nxt, None)
+
+
+def torch_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, device: str) -> np.ndarray:
+    """The torch backend on one pair, as [H, W, 2]."""
+    a = torch.from_numpy(prev).to(device, torch.float32)[None]
+    b = torch.from_numpy(nxt).to(device, torch.float32)[None]
+    return tvl1_flow(a, b, p)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def run_one(run: str, prev: np.ndarray, nxt: np.ndarray, device: str) -> np.ndarray:
+    backend, name = run.split(":")
+    if backend == "opencv":
+        return opencv_tvl1(prev, nxt, preset(name))
+    return torch_tvl1(prev, nxt, preset(name), device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--runs", default=",".join(RUNS),
+                    help="comma-separated backend:preset (backend torch or opencv)")
+    ap.add_argument("--sequences", default=",".join(SEQUENCES))
+    args = ap.parse_args()
+    runs = args.runs.split(",")
+    seqs = args.sequences.split(",")
+    table: dict[str, list[float]] = {r: [] for r in runs}
+    seconds: dict[str, float] = {r: 0.0 for r in runs}
+    for seq in seqs:
+        prev, nxt = load_gray(args.data / seq)
+        gt = read_flo(args.data / seq / "flow10.flo")
+        for run in runs:
+            t0 = time.perf_counter()
+            flow = run_one(run, prev, nxt, args.device)
+            seconds[run] += time.perf_counter() - t0
+            table[run].append(epe(flow, gt))
+    print(f"Middlebury EPE (full size, device {args.device} for torch)\n")
+    print("| run | " + " | ".join(seqs) + " | mean | seconds |")
+    print("|---" * (len(seqs) + 3) + "|")
+    for run in runs:
+        vals = " | ".join(f"{v:.3f}" for v in table[run])
+        print(f"| {run} | {vals} | {np.mean(table[run]):.3f} | {seconds[run]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
