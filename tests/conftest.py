@@ -12,6 +12,23 @@ from actprep.pipelines.synth import make_garbage, make_video, truncate_file
 
 LOCAL_BEAM = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
+# Reference data (Middlebury flow, VGGish golden arrays): the shared folder beside the
+# checkout, or $ACTPREP_SHARED_DATA.
+SHARED_DATA = os.environ.get("ACTPREP_SHARED_DATA") or os.path.normpath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+MIDDLEBURY = os.path.join(SHARED_DATA, "middlebury")
+
+
+def require_shared_data(path: str) -> str:
+    """``path`` if the reference data is there; otherwise skip, except under CI, where its
+    absence is an error (a silently skipped accuracy test is no test)."""
+    if not os.path.exists(path):
+        message = f"reference data not found: {path} (set ACTPREP_SHARED_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -127,3 +144,9 @@ def run_cli():
         except SystemExit as exc:
             return int(exc.code or 0)
     return run
+
+
+@pytest.fixture
+def middlebury() -> str:
+    """The Middlebury sequences of the shared reference data."""
+    return require_shared_data(MIDDLEBURY)

@@ -19,6 +19,7 @@ import pytest
 import webdataset as wds
 
 from actprep.extractors.flow import engine as engine_mod
+from conftest import LOCAL_BEAM, MIDDLEBURY as MIDDLEBURY_ROOT, require_shared_data
 from actprep.extractors.flow.engine import FlowEngine, resolve
 from actprep.extractors.flow.flo import (color_wheel, flow_to_color, known, read_flo,
                                          write_flo)
@@ -27,10 +28,11 @@ from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.quantize import dequantize, quantize
 from actprep.pipelines.synth import make_video
 from actprep.schemas.sample import decode_sample, dequantize_flow
-from conftest import LOCAL_BEAM
 
-MIDDLEBURY = "/work/shared/data/middlebury/RubberWhale"
-HAS_TORCH_TVL1 = importlib.util.find_spec("actprep.extractors.flow.tvl1_torch") is not None
+
+
+def _rubberwhale() -> str:
+    return require_shared_data(os.path.join(MIDDLEBURY_ROOT, "RubberWhale"))
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -79,7 +81,7 @@ def test_flo_round_trip(tmp_path):
 
 
 def test_read_middlebury_ground_truth():
-    gt = read_flo(f"{MIDDLEBURY}/flow10.flo")
+    gt = read_flo(f"{_rubberwhale()}/flow10.flo")
     assert gt.shape == (388, 584, 2)
     ok = known(gt)
     assert 0.9 < ok.mean() < 1.0  # RubberWhale has occluded (unknown) pixels
@@ -199,7 +201,6 @@ def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch):
     assert [round(float(f[0, 0, 0])) for f in flows] == [10] * 9
 
 
-@pytest.mark.skipif(not HAS_TORCH_TVL1, reason="extractors/flow/tvl1_torch.py not there yet")
 def test_engine_torch_backend_on_a_translation():
     steps = [2, 1, 3]
     engine = FlowEngine("torch", "cpu", preset("quality"), batch_size=2)
@@ -213,14 +214,14 @@ def test_engine_torch_backend_on_a_translation():
 
 def test_flow_command_writes_flo_and_png(run_cli, tmp_path, capsys):
     out, png = tmp_path / "rw.flo", tmp_path / "rw.png"
-    code = run_cli(["flow", f"{MIDDLEBURY}/frame10.png", f"{MIDDLEBURY}/frame11.png",
+    code = run_cli(["flow", f"{_rubberwhale()}/frame10.png", f"{_rubberwhale()}/frame11.png",
                     "-o", out, "--backend", "opencv", "--preset", "opencv", "--viz", png])
     assert code == 0
     printed = capsys.readouterr().out
     assert "backend opencv" in printed and "max" in printed
     flow = read_flo(str(out))
     assert flow.shape == (388, 584, 2)
-    gt = read_flo(f"{MIDDLEBURY}/flow10.flo")
+    gt = read_flo(f"{_rubberwhale()}/flow10.flo")
     ok = known(gt)
     assert np.hypot(*(flow - gt)[ok].T).mean() < 0.25  # 0.156 measured (data/README.md)
     image = cv2.imread(str(png))
@@ -230,7 +231,7 @@ def test_flow_command_writes_flo_and_png(run_cli, tmp_path, capsys):
 def test_flow_command_errors(run_cli, tmp_path, capsys):
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), np.zeros((10, 12, 3), np.uint8))
-    code = run_cli(["flow", f"{MIDDLEBURY}/frame10.png", small, "-o", tmp_path / "x.flo",
+    code = run_cli(["flow", f"{_rubberwhale()}/frame10.png", small, "-o", tmp_path / "x.flo",
                     "--backend", "opencv"])
     err = capsys.readouterr().err
     assert code == 2 and "584x388" in err and "12x10" in err and "small.png" in err

@@ -7,14 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+import conftest
 import torch
 
 from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
-MIDDLEBURY = Path(__file__).resolve().parents[2] / "shared" / "data" / "middlebury"
-needs_middlebury = pytest.mark.skipif(not (MIDDLEBURY / "RubberWhale").is_dir(),
-                                      reason="Middlebury data not available")
+MIDDLEBURY = Path(conftest.MIDDLEBURY)
+needs_middlebury = pytest.mark.usefixtures("middlebury")  # skip locally, fail under CI
 needs_optflow = pytest.mark.skipif(not hasattr(cv2, "optflow"),
                                    reason="opencv-contrib (cv2.optflow) not installed")
 
