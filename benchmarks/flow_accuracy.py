@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from actprep.extractors.flow.flo import read_flo
+from actprep.extractors.flow.opencv_backend import opencv_flow
 from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
@@ -24,17 +26,7 @@ SEQUENCES = ("Dimetrodon", "Grove2", "Grove3", "Hydrangea", "RubberWhale", "Urba
              "Venus")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "middlebury"
 RUNS = ("torch:opencv", "torch:tsn", "torch:quality", "opencv:opencv", "opencv:quality")
-FLO_TAG = 202021.25
 UNKNOWN = 1e9
-
-
-def read_flo(path: Path) -> np.ndarray:
-    """A Middlebury .flo file as float32 [H, W, 2]."""
-    raw = path.read_bytes()
-    if np.frombuffer(raw, "<f4", 1, 0)[0] != FLO_TAG:
-        raise ValueError(f"{path}: not a .flo file")
-    w, h = (int(v) for v in np.frombuffer(raw, "<i4", 2, 4))
-    return np.frombuffer(raw, "<f4", h * w * 2, 12).reshape(h, w, 2).copy()
 
 
 def epe(flow: np.ndarray, gt: np.ndarray) -> float:
@@ -49,16 +41,6 @@ def load_gray(seq_dir: Path) -> tuple[np.ndarray, np.ndarray]:
                  for n in (10, 11))
 
 
-def opencv_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
-    """OpenCV's DualTVL1 with the given parameters (pyramid kind is not settable there)."""
-    algo = cv2.optflow.DualTVL1OpticalFlow_create(
-        tau=p.tau, lambda_=p.lambda_, theta=p.theta, nscales=p.nscales, warps=p.warps,
-        epsilon=p.epsilon, innnerIterations=p.inner_iterations,
-        outerIterations=p.outer_iterations, scaleStep=p.scale_step, gamma=p.gamma,
-        medianFiltering=p.median_filtering, useInitialFlow=False)
-    return algo.calc(prev, nxt, None)
-
-
 def torch_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, device: str) -> np.ndarray:
     """The torch backend on one pair, as [H, W, 2]."""
     a = torch.from_numpy(prev).to(device, torch.float32)[None]
@@ -69,7 +51,7 @@ def torch_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, device: str) ->
 def run_one(run: str, prev: np.ndarray, nxt: np.ndarray, device: str) -> np.ndarray:
     backend, name = run.split(":")
     if backend == "opencv":
-        return opencv_tvl1(prev, nxt, preset(name))
+        return opencv_flow(prev, nxt, preset(name))
     return torch_tvl1(prev, nxt, preset(name), device)
 
 
@@ -87,7 +69,7 @@ def main() -> None:
     seconds: dict[str, float] = {r: 0.0 for r in runs}
     for seq in seqs:
         prev, nxt = load_gray(args.data / seq)
-        gt = read_flo(args.data / seq / "flow10.flo")
+        gt = read_flo(str(args.data / seq / "flow10.flo"))
         for run in runs:
             t0 = time.perf_counter()
             flow = run_one(run, prev, nxt, args.device)

@@ -11,6 +11,8 @@ import pytest
 import conftest
 import torch
 
+from actprep.extractors.flow.flo import read_flo
+from actprep.extractors.flow.opencv_backend import opencv_flow
 from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
@@ -22,14 +24,6 @@ needs_optflow = pytest.mark.skipif(not hasattr(cv2, "optflow"),
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def read_flo(path: Path) -> np.ndarray:
-    """Middlebury .flo as float32 [H, W, 2] (local reader, independent of flo.py)."""
-    raw = path.read_bytes()
-    assert np.frombuffer(raw, "<f4", 1, 0)[0] == 202021.25
-    w, h = (int(v) for v in np.frombuffer(raw, "<i4", 2, 4))
-    return np.frombuffer(raw, "<f4", h * w * 2, 12).reshape(h, w, 2).copy()
 
 
 def middlebury_gray(seq: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,15 +55,6 @@ def torch_flow(prev: np.ndarray, nxt: np.ndarray, params: TVL1Params) -> np.ndar
     out = tvl1_flow(torch.from_numpy(np.asarray(prev, np.float32))[None],
                     torch.from_numpy(np.asarray(nxt, np.float32))[None], params)
     return out[0].permute(1, 2, 0).numpy()
-
-
-def opencv_flow_ref(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params) -> np.ndarray:
-    algo = cv2.optflow.DualTVL1OpticalFlow_create(
-        tau=p.tau, lambda_=p.lambda_, theta=p.theta, nscales=p.nscales, warps=p.warps,
-        epsilon=p.epsilon, innnerIterations=p.inner_iterations,
-        outerIterations=p.outer_iterations, scaleStep=p.scale_step, gamma=p.gamma,
-        medianFiltering=p.median_filtering, useInitialFlow=False)
-    return algo.calc(prev, nxt, None)
 
 
 def mean_epe(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
@@ -123,7 +108,7 @@ def test_agrees_with_opencv(seq):
     prev, nxt = (cv2.resize(f, (292, 194), interpolation=cv2.INTER_AREA)
                  for f in middlebury_gray(seq))
     p = preset("opencv")
-    ref = opencv_flow_ref(prev, nxt, p)
+    ref = opencv_flow(prev, nxt, p)
     flow = torch_flow(prev, nxt, p)
     magnitude = float(np.linalg.norm(ref, axis=-1).mean())
     err = mean_epe(flow, ref)
