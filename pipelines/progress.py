@@ -6,7 +6,6 @@ import collections
 import json
 import os
 import threading
-import time
 from typing import Any
 
 import pyarrow as pa

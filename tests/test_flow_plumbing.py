@@ -3,7 +3,6 @@ streaming engine, the ``actprep flow`` command and flow in ``actprep run``."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os

@@ -2,7 +2,6 @@
 sample or one recorded failure, and the shards hold what the index says."""
 from __future__ import annotations
 
-import io
 import json
 import os
 
