@@ -33,7 +33,8 @@ def read_text(path: str) -> str:
 
 
 def makedirs(path: str) -> None:
-    if is_local(path):
+    """Creates a local folder (object stores have none to create)."""
+    if path and is_local(path):
         os.makedirs(path, exist_ok=True)
 
 
@@ -41,10 +42,10 @@ def makedirs(path: str) -> None:
 def atomic_writer(path: str) -> Iterator[IO[bytes]]:
     """A writable stream whose content appears at ``path`` only once it is complete
     (written under a unique temporary name, then renamed)."""
-    makedirs(os.path.dirname(path) if is_local(path) else "")
-    head, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    head, sep, name = path.rpartition("/")
+    makedirs(head)
     # Hidden temporary name: shard globs and Parquet dataset discovery skip it.
-    tmp = f"{head}/.{name}.tmp-{uuid.uuid4().hex[:12]}" if head else f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp = f"{head}{sep}.{name}.tmp-{uuid.uuid4().hex[:12]}"
     stream = FileSystems.create(tmp, mime_type="application/octet-stream",
                                 compression_type="uncompressed")
     try:
