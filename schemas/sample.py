@@ -133,8 +133,8 @@ def _jpeg(data: bytes, flags: int) -> np.ndarray:
 
 
 def dequantize_flow(q: np.ndarray, bound: float) -> np.ndarray:
-    """Inverse of the TSN flow quantization (``extractors/flow/quantize.py``; kept here so
-    readers need no extractor): ``f = q * 2 bound / 255 - bound``, float32."""
+    """Inverse of the TSN flow quantization of ``extractors/flow/quantize.py`` (which uses
+    this one): ``f = q * 2 bound / 255 - bound``, float32. Here so readers need no extractor."""
     return np.asarray(q, np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)
 
 

@@ -137,8 +137,7 @@ class FlowEngine:
         def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
             prev = torch.from_numpy(np.stack([a for a, _ in batch])).to(device, torch.float32)
             nxt = torch.from_numpy(np.stack([b for _, b in batch])).to(device, torch.float32)
-            with torch.no_grad():
-                out = tvl1_flow(prev, nxt, params)  # [B, 2, H, W]
-            return list(out.permute(0, 2, 3, 1).float().cpu().numpy())
+            out = tvl1_flow(prev, nxt, params)  # [B, 2, H, W] float32, computed without grad
+            return list(out.permute(0, 2, 3, 1).cpu().numpy())
 
         return run

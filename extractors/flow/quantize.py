@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from actprep.schemas.sample import dequantize_flow
+
 DEFAULT_BOUND = 20.0
 
 
@@ -27,6 +29,5 @@ def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 
 
 def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 values back to float32 flow in pixels."""
-    b = _check(bound)
-    return (np.asarray(q, np.float32) * np.float32(2.0 * b / 255.0) - np.float32(b))
+    """uint8 values back to float32 flow in pixels (the readers' formula, in schemas)."""
+    return dequantize_flow(q, _check(bound))
