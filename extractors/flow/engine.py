@@ -19,18 +19,9 @@ import numpy as np
 
 from actprep.extractors.flow.opencv_backend import check_supported, opencv_flow
 from actprep.extractors.flow.params import TVL1Params
+from actprep.extractors.torch_device import DEVICES, cuda_available, resolve_device
 
 BACKENDS = ("auto", "torch", "opencv")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def cuda_available() -> bool:
-    """True when torch is installed and sees a CUDA device (False without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def resolve(backend: str, device: str) -> tuple[str, str]:
@@ -40,22 +31,15 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
     CPU; asking for CUDA without a GPU is an error rather than a silent CPU fallback."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown flow backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if device == "cuda" and not cuda_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available "
-                         "(torch.cuda.is_available() is False or torch is not installed)")
-    if backend == "opencv":
+    if backend == "opencv":  # decided without importing torch
         if device == "cuda":
             raise ValueError("the opencv flow backend runs on the CPU only; use "
                              "--flow-backend torch for cuda")
+        resolve_device(device, available=False)  # rejects unknown names
         return "opencv", "cpu"
-    if backend == "torch":
-        if device == "auto":
-            device = "cuda" if cuda_available() else "cpu"
-        return "torch", device
-    if device == "cuda" or (device == "auto" and cuda_available()):
-        return "torch", "cuda"
+    resolved = resolve_device(device, cuda_available())
+    if backend == "torch" or resolved == "cuda":
+        return "torch", resolved
     return "opencv", "cpu"
 
 
