@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from actprep.extractors.audio.mfcc import MfccParams
 from actprep.extractors.flow.engine import BACKENDS as FLOW_BACKENDS
-from actprep.extractors.flow.engine import DEVICES
+from actprep.extractors.torch_device import DEVICES
 from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS, preset
 from actprep.extractors.flow.quantize import DEFAULT_BOUND
 from actprep.extractors.rgb import DEFAULT_JPEG_QUALITY

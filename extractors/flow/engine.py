@@ -19,7 +19,7 @@ import numpy as np
 
 from actprep.extractors.flow.opencv_backend import check_supported, opencv_flow
 from actprep.extractors.flow.params import TVL1Params
-from actprep.extractors.torch_device import DEVICES, cuda_available, resolve_device
+from actprep.extractors.torch_device import cuda_available, resolve_device
 
 BACKENDS = ("auto", "torch", "opencv")
 
