@@ -75,7 +75,8 @@ def cmd_flow(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def _add_flow_parser(sub) -> None:
-    from actprep.extractors.flow.engine import BACKENDS, DEVICES
+    from actprep.extractors.flow.engine import BACKENDS
+    from actprep.extractors.torch_device import DEVICES
     from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS
 
     flow_p = sub.add_parser("flow", help="TV-L1 optical flow between two images")
