@@ -8,6 +8,8 @@ for root in ROOTS:  # every sub-package, so a new folder cannot be left out of t
     for sub in find_packages(where=root):
         PACKAGES[f"actprep.{root}.{sub}"] = f"{root}/{sub.replace('.', '/')}"
 
+TFHUB = ["tensorflow>=2.16", "tensorflow-hub>=0.16", "setuptools<81"]
+
 setup(
     name="actprep",
     version="0.1.0",
@@ -34,8 +36,11 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60"],
         "torch": ["torch>=2.1"],
+        # the TF-Hub VGGish backend and the TensorFlow-checkpoint converter; tensorflow-hub
+        # 0.16 imports pkg_resources, which setuptools 81 removed
+        "tfhub": TFHUB,
         # torch pinned for tests: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
-        "test": ["pytest>=7", "torch==2.13.0"],
+        "test": ["pytest>=7", "torch==2.13.0", *TFHUB],
     },
     entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
 )

@@ -136,20 +136,26 @@ def iter_frames(path: str, out_size: tuple[int, int], fps: float | None = None,
         yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
 
 
-def iter_audio(path: str, sample_rate: int = 16000,
-               chunk_seconds: float = 30.0) -> Iterator[np.ndarray]:
+def iter_audio(path: str, sample_rate: int = 16000, chunk_seconds: float = 30.0,
+               channels: int | None = None) -> Iterator[np.ndarray]:
     """The first audio stream as float32 mono in [-1, 1] at `sample_rate`, in chunks of
-    `chunk_seconds` (always re-decoded, never stream-copied, so any codec ffmpeg reads works;
-    channels are averaged). Streaming keeps memory flat for long videos.
+    `chunk_seconds` (always re-decoded, never stream-copied, so any codec ffmpeg reads works).
+    With `channels` (the stream's count, from the probe) the channels are decoded apart and
+    averaged, as the VGGish reference does (ffmpeg's own downmix weights them otherwise);
+    without it ffmpeg downmixes.
+    Streaming keeps memory flat for long videos.
     MediaError("audio", ...) on failure or when there is no audio stream."""
+    ac = channels if channels and channels > 0 else 1
     stream = (ffmpeg.input(path)["a:0"]
-              .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, vn=None))
-    chunk_bytes = 4 * max(1, int(chunk_seconds * sample_rate))
+              .output("pipe:", format="f32le", acodec="pcm_f32le", ac=ac, ar=sample_rate,
+                      vn=None))
+    chunk_bytes = 4 * ac * max(1, int(chunk_seconds * sample_rate))
     for buf in _pipe(stream, chunk_bytes, "audio", exact=False):
-        samples = np.frombuffer(buf[: len(buf) // 4 * 4], dtype="<f4")
-        yield np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+        samples = np.frombuffer(buf[: len(buf) // (4 * ac) * 4 * ac], dtype="<f4")
+        mono = samples.reshape(-1, ac).mean(axis=1, dtype=np.float32) if ac > 1 else samples
+        yield np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def decode_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
+def decode_audio(path: str, sample_rate: int = 16000, channels: int | None = None) -> np.ndarray:
     """The whole first audio stream at once (see `iter_audio`)."""
-    return np.concatenate(list(iter_audio(path, sample_rate)))
+    return np.concatenate(list(iter_audio(path, sample_rate, channels=channels)))

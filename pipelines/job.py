@@ -7,11 +7,13 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.shared import Shared
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import commit_shard
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.process import load_result, make_flow_engine, process_entry
+from actprep.pipelines.models import Models, make_flow_engine, make_vggish
+from actprep.pipelines.process import load_result, process_entry
 from actprep.schemas.index import OK
 from actprep.schemas.plan import PlanEntry
 
@@ -30,20 +32,28 @@ class ProcessVideos(beam.DoFn):
         self.reused = Metrics.counter(NAMESPACE, "videos_reused")
         self.frames = Metrics.counter(NAMESPACE, "frames")
         self.flows = Metrics.counter(NAMESPACE, "flow_pairs")
-        self.engine = None
+        self.vggish_examples = Metrics.counter(NAMESPACE, "vggish_examples")
+        self.shared = Shared()
+        self.models = None
 
     def setup(self) -> None:
-        """Heavy per-worker state: the flow engine (OpenCV objects or the torch device)."""
-        self.engine = make_flow_engine(self.opts)
+        """Heavy per-worker state. The flow engine holds per-call buffers (OpenCV), so each
+        DoFn instance has its own; VGGish is read-only at inference, so the worker process
+        loads it once and its threads share it."""
+        vggish = None
+        if "vggish" in self.opts.modalities:
+            vggish = self.shared.acquire(lambda: make_vggish(self.opts), tag="vggish")
+        self.models = Models(flow=make_flow_engine(self.opts), vggish=vggish)
 
     def process(self, entry: PlanEntry) -> Iterator[tuple[int, dict]]:
         result = load_result(self.opts, entry)
         if result is not None:
             self.reused.inc()
         else:
-            result = process_entry(entry, self.opts, self.engine)
+            result = process_entry(entry, self.opts, self.models)
             self.frames.inc(result.get("frames") or 0)
             self.flows.inc(result.get("flow_pairs") or 0)
+            self.vggish_examples.inc(result.get("vggish_examples") or 0)
         (self.ok if result["status"] == OK else self.failed).inc()
         yield entry.shard, result
 

@@ -12,11 +12,12 @@ from actprep.extractors.flow.quantize import DEFAULT_BOUND
 from actprep.extractors.rgb import DEFAULT_JPEG_QUALITY
 from actprep.schemas.manifest import DATASETS
 
-MODALITIES = ("rgb", "flow", "mfcc")
+MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # options that change how a run goes, not what its output means: a rerun may change them
-# (the flow backend and device actually used are recorded in each sample's metadata)
+# (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
-             "flow_batch_size")
+             "flow_batch_size", "vggish_backend", "vggish_batch_size")
+VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
 
@@ -45,6 +46,12 @@ class RunOptions:
     flow_bound: float = DEFAULT_BOUND
     flow_batch_size: int = 8
     flow_raw: bool = False
+    vggish_backend: str = "torch"
+    vggish_weights: str | None = None
+    vggish_hub: str | None = None
+    vggish_pca: str | None = None
+    vggish_hop: float = 0.96
+    vggish_batch_size: int = 64
     progress: bool = True
 
     def flow_params(self) -> dict:
@@ -53,20 +60,27 @@ class RunOptions:
         return {"preset": self.flow_preset, "tvl1": preset(self.flow_preset).as_dict(),
                 "bound": self.flow_bound, "raw": self.flow_raw}
 
-    def extractor_params(self, flow_backend: str | None = None,
-                         flow_device: str | None = None) -> dict:
-        """The parameters that shape a sample, as recorded in its metadata; with flow,
-        ``flow_backend``/``flow_device`` are what actually computed it (not the request)."""
+    def vggish_params(self) -> dict:
+        """VGGish settings that shape the output: weight sources and the example hop."""
+        return {"weights": self.vggish_weights, "hub": self.vggish_hub, "pca": self.vggish_pca,
+                "hop_seconds": self.vggish_hop}
+
+    def extractor_params(self, ran: dict | None = None) -> dict:
+        """The parameters that shape a sample, as recorded in its metadata; ``ran`` holds,
+        per modality ("flow", "vggish"), what actually computed it (backend, device), not
+        what was requested."""
+        ran = ran or {}
         params: dict = {"modalities": list(self.modalities), "fps": self.fps,
                         "short_side": self.short_side,
                         "size": list(self.size) if self.size else None}
         if "rgb" in self.modalities:
             params["rgb"] = {"jpeg_quality": self.jpeg_quality}
         if "flow" in self.modalities:
-            params["flow"] = {**self.flow_params(), "backend": flow_backend,
-                              "device": flow_device}
+            params["flow"] = {**self.flow_params(), **ran.get("flow", {})}
         if "mfcc" in self.modalities:
             params["mfcc"] = self.mfcc.as_dict()
+        if "vggish" in self.modalities:
+            params["vggish"] = {**self.vggish_params(), **ran.get("vggish", {})}
         return params
 
     def as_dict(self) -> dict:
@@ -112,7 +126,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "line, or 'name,index' lines (moments_categories.txt)")
     parser.add_argument("--split", help="split name for every row (overrides the manifest)")
     parser.add_argument("--modalities", type=_modalities, default=DEFAULT_MODALITIES,
-                        help=f"comma-separated, from {','.join(MODALITIES)} (default: rgb,mfcc)")
+                        help=f"comma-separated, from {','.join(MODALITIES)} (default: rgb,mfcc; "
+                        "vggish needs --vggish-weights or --vggish-hub)")
     parser.add_argument("--fps", type=_positive(float), help="frame rate (default: the source's)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--short-side", type=_positive(int), default=256,
@@ -137,7 +152,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TV-L1 implementation: torch (batched, GPU or CPU) or opencv "
                         "(CPU); auto: torch on CUDA when available, else opencv")
     parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where torch flow runs (auto: cuda when available)")
+                        help="where torch flow and VGGish run (auto: cuda when available)")
     parser.add_argument("--flow-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
                         help=f"TV-L1 parameter preset (default {DEFAULT_PRESET}; tsn needs "
                         "the torch backend)")
@@ -148,6 +163,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frame pairs per torch flow call (default 8)")
     parser.add_argument("--flow-raw", action="store_true",
                         help="also store raw flow as float16 KEY.flow.NNNNNN.npy members")
+    parser.add_argument("--vggish-backend", choices=VGGISH_BACKENDS, default="torch",
+                        help="VGGish implementation: torch (weights from --vggish-weights) or "
+                        "tfhub (tensorflow-hub model from --vggish-hub; pip install "
+                        "actprep[tfhub])")
+    parser.add_argument("--vggish-weights", metavar="PATH",
+                        help="VGGish weights as a PyTorch state_dict in the PyTorch-port layout "
+                        "(local or gs://); convert the official TF checkpoint with "
+                        "'actprep vggish-convert'")
+    parser.add_argument("--vggish-hub", metavar="HANDLE",
+                        help="TF-Hub VGGish handle for --vggish-backend tfhub: a SavedModel "
+                        "folder (local or gs://) or a tfhub.dev address")
+    parser.add_argument("--vggish-pca", metavar="PATH",
+                        help="PCA parameters (vggish_pca_params.npz or the port's .pth): also "
+                        "write uint8 KEY.vggish_pca.npy in the AudioSet format")
+    parser.add_argument("--vggish-hop", type=_positive(float), default=0.96,
+                        help="seconds between VGGish example starts (default 0.96: "
+                        "non-overlapping, as the reference)")
+    parser.add_argument("--vggish-batch-size", type=_positive(int), default=64,
+                        help="VGGish examples per forward pass (default 64)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no live progress display")
 
@@ -171,5 +205,8 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         min_decoded_fraction=args.min_decoded_fraction, decode_threads=args.decode_threads,
         mfcc=mfcc, flow_backend=args.flow_backend, device=args.device,
         flow_preset=args.flow_preset, flow_bound=args.flow_bound,
-        flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw, progress=args.progress,
+        flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw,
+        vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
+        vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
+        vggish_batch_size=args.vggish_batch_size, progress=args.progress,
     )

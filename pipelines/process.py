@@ -9,16 +9,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from actprep.extractors.audio.mfcc import mfcc_chunks
+from actprep.extractors.audio.mfcc import MfccStream
+from actprep.extractors.audio.vggish_input import SAMPLE_RATE
+from actprep.extractors.audio.vggish_pca import postprocess
 from actprep.extractors.decode import iter_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.probe import MediaInfo, probe
 from actprep.extractors.flow.engine import FlowEngine
-from actprep.extractors.flow.params import preset
 from actprep.extractors.flow.quantize import quantize
 from actprep.extractors.rgb import encode_gray_jpeg, encode_jpeg
 from actprep.pipelines import layout, storage
 from actprep.pipelines.fragment import SampleWriter, sample_writer
+from actprep.pipelines.models import Models, load_models
 from actprep.pipelines.options import RunOptions
 from actprep.schemas import sample
 from actprep.schemas.index import FAILED, OK
@@ -41,27 +43,18 @@ def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
     return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
-def make_flow_engine(opts: RunOptions) -> FlowEngine | None:
-    """The flow engine for these options (None without the flow modality). Build it once
-    per worker and pass it to every ``process_entry``: it holds the backend's state."""
-    if "flow" not in opts.modalities:
-        return None
-    return FlowEngine(opts.flow_backend, opts.device, preset(opts.flow_preset),
-                      opts.flow_batch_size)
-
-
 def process_entry(entry: PlanEntry, opts: RunOptions,
-                  engine: FlowEngine | None = None) -> dict[str, Any]:
+                  models: Models | None = None) -> dict[str, Any]:
     """Processes one video and checkpoints it (fragment, then result record). Any
-    failure becomes a recorded result with its stage and reason. ``engine``: from
-    ``make_flow_engine``; built here when flow is wanted and none is given."""
+    failure becomes a recorded result with its stage and reason. ``models``: from
+    ``load_models``, built once per worker; loaded here when none are given."""
     if entry.error:
         result = failed(entry, "manifest", entry.error)
     else:
         try:
-            if engine is None:
-                engine = make_flow_engine(opts)
-            result = {**base_row(entry), "status": OK, **_extract(entry, opts, engine)}
+            if models is None:
+                models = load_models(opts)
+            result = {**base_row(entry), "status": OK, **_extract(entry, opts, models)}
         except MediaError as exc:
             result = failed(entry, exc.stage, exc.reason)
         except Exception as exc:  # a bug or an environment problem: still recorded
@@ -79,7 +72,7 @@ def _fetch(path: str | None):
     return storage.local_copy(path)
 
 
-def _extract(entry: PlanEntry, opts: RunOptions, engine: FlowEngine | None) -> dict[str, Any]:
+def _extract(entry: PlanEntry, opts: RunOptions, models: Models) -> dict[str, Any]:
     with _fetch(entry.path) as local:
         info = probe(local)
         width, height = output_size(info.width, info.height, opts.short_side, opts.size)
@@ -92,24 +85,20 @@ def _extract(entry: PlanEntry, opts: RunOptions, engine: FlowEngine | None) -> d
                 writer.add(sample.member_name(entry.key, sample.CLS),
                            sample.cls_bytes(entry.label_index))
             frames, pairs = _write_frames(writer, entry.key, local, info, (width, height), fps,
-                                          opts, engine)
-            mfcc_frames = _write_mfcc(writer, entry.key, local, info, opts)
-            audio_rate = opts.mfcc.sample_rate if mfcc_frames is not None else None
+                                          opts, models.flow)
+            audio = _write_audio(writer, entry.key, local, info, opts, models)
             duration = frames / fps if frames is not None else info.duration
             meta = sample.sample_metadata(
                 key=entry.key, dataset=entry.dataset, split=entry.split, label=entry.label,
                 label_index=entry.label_index, source_path=entry.path,
                 source_bytes=os.path.getsize(local), duration=duration, fps=fps, frames=frames,
-                width=width, height=height, audio_sample_rate=audio_rate,
-                source=_source_info(info),
-                params=opts.extractor_params(*((engine.backend, engine.device) if engine
-                                               else (None, None))))
+                width=width, height=height, audio_sample_rate=audio["audio_sample_rate"],
+                source=_source_info(info), params=opts.extractor_params(models.ran()))
             writer.add(sample.member_name(entry.key, sample.JSON), sample.json_bytes(meta))
     return {"source_bytes": meta["source_bytes"], "duration": duration, "fps": fps,
             "frames": frames, "width": width, "height": height,
-            "has_audio": info.has_audio,
-            "audio_sample_rate": audio_rate, "mfcc_frames": mfcc_frames,
-            "flow_pairs": pairs, "flow_backend": engine.backend if engine else None,
+            "has_audio": info.has_audio, **audio,
+            "flow_pairs": pairs, "flow_backend": models.flow.backend if models.flow else None,
             "members": writer.members, "sample_bytes": writer.bytes,
             "sample_sha256": writer.sha256}
 
@@ -191,16 +180,39 @@ def _check_length(count: int, info: MediaInfo, fps: float, opts: RunOptions) -> 
                              f"of the {info.duration:.2f} s its header declares")
 
 
-def _write_mfcc(writer: SampleWriter, key: str, path: str, info: MediaInfo,
-                opts: RunOptions) -> int | None:
-    if "mfcc" not in opts.modalities or not info.has_audio:
-        return None
-    try:
-        features = mfcc_chunks(iter_audio(path, opts.mfcc.sample_rate), opts.mfcc)
-    except ValueError as exc:  # too short for the MFCC framing
-        raise MediaError("audio", str(exc)) from None
-    writer.add(sample.member_name(key, sample.MFCC), sample.npy_bytes(features))
-    return int(features.shape[1])
+def _write_audio(writer: SampleWriter, key: str, path: str, info: MediaInfo,
+                 opts: RunOptions, models: Models) -> dict[str, Any]:
+    """MFCC and VGGish members from one streaming audio decode per sample rate; returns
+    the index fields (None for what was not extracted). A video without audio gets none."""
+    sinks: dict[str, tuple[int, Any]] = {}
+    if "mfcc" in opts.modalities:
+        sinks[sample.MFCC] = (opts.mfcc.sample_rate, MfccStream(opts.mfcc))
+    if models.vggish is not None:
+        sinks[sample.VGGISH] = (SAMPLE_RATE, models.vggish.stream())
+    fields = {"audio_sample_rate": None, "mfcc_frames": None, "vggish_examples": None}
+    if not info.has_audio or not sinks:
+        return fields
+    for rate in sorted({r for r, _ in sinks.values()}):
+        streams = [s for r, s in sinks.values() if r == rate]
+        for chunk in iter_audio(path, rate, channels=info.audio_channels):
+            for stream in streams:
+                stream.push(chunk)
+    if sample.MFCC in sinks:
+        try:
+            features = sinks[sample.MFCC][1].finish()
+        except ValueError as exc:  # too short for the MFCC framing
+            raise MediaError("audio", str(exc)) from None
+        writer.add(sample.member_name(key, sample.MFCC), sample.npy_bytes(features))
+        fields["mfcc_frames"] = int(features.shape[1])
+    if sample.VGGISH in sinks:
+        embeddings = sinks[sample.VGGISH][1].finish()
+        writer.add(sample.member_name(key, sample.VGGISH), sample.npy_bytes(embeddings))
+        if models.vggish.pca is not None:
+            writer.add(sample.member_name(key, sample.VGGISH_PCA),
+                       sample.npy_bytes(postprocess(embeddings, models.vggish.pca)))
+        fields["vggish_examples"] = int(embeddings.shape[0])
+    fields["audio_sample_rate"] = next(iter(sinks.values()))[0]  # MFCC's when present
+    return fields
 
 
 def _source_info(info: MediaInfo) -> dict[str, Any]:

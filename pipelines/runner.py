@@ -9,7 +9,7 @@ from actprep.extractors.ffmpeg_bin import ffmpeg_source
 from actprep.pipelines import layout, storage
 from actprep.pipelines.job import run_pipeline
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.process import make_flow_engine
+from actprep.pipelines.models import load_models
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.pipelines.progress import ProgressMonitor, summarize
 from actprep.schemas.labels import LabelError
@@ -24,12 +24,17 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     """Returns the process exit code: 0 when every row ended as a sample or a recorded
     failure, 2 for bad input (manifest, class list, options)."""
     try:
-        engine = make_flow_engine(opts)  # bad flow settings fail here, before any work
-    except (ValueError, ImportError) as exc:
-        _say(f"actprep: error: flow: {exc}")
+        models = load_models(opts)  # bad settings or weight files fail here, before any work
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        _say(f"actprep: error: {exc}")
         return 2
-    if engine is not None:
-        _say(f"actprep: flow: TV-L1 {opts.flow_preset} on {engine.backend} ({engine.device})")
+    if models.flow is not None:
+        _say(f"actprep: flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
+             f"({models.flow.device})")
+    if models.vggish is not None:
+        _say(f"actprep: vggish: {models.vggish.backend} ({models.vggish.device}), hop "
+             f"{models.vggish.hop_seconds:g} s{', with PCA' if models.vggish.pca else ''}")
+    del models
     try:
         plan = load_or_create_plan(opts)
     except (ManifestError, LabelError, PlanMismatch, FileNotFoundError) as exc:

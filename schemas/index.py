@@ -30,6 +30,7 @@ INDEX_SCHEMA = pa.schema([
     ("has_audio", pa.bool_()),
     ("audio_sample_rate", pa.int32()),
     ("mfcc_frames", pa.int32()),
+    ("vggish_examples", pa.int32()),  # rows of KEY.vggish.npy; null without vggish or audio
     ("flow_pairs", pa.int32()),  # flow fields (frames - 1); null without flow
     ("flow_backend", pa.string()),  # "torch" or "opencv": what computed them
     ("members", pa.int32()),  # tar members of the sample

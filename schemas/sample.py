@@ -10,6 +10,10 @@ first dot). Members, with KEY the sample key:
   as grayscale JPEGs of the TSN-quantized components (see ``extractors/flow/quantize.py``)
 - ``KEY.flow.NNNNNN.npy`` float16 [2, H, W] raw flow N (u, v), only with ``--flow-raw``
 - ``KEY.mfcc.npy``        float32 [n_mfcc, T] MFCC matrix; absent without audio
+- ``KEY.vggish.npy``      float32 [n, 128] raw VGGish embeddings (one per example, 0.96 s
+  each, every ``--vggish-hop`` seconds; n = 0 for audio under 0.96 s); absent without audio
+- ``KEY.vggish_pca.npy``  uint8 [n, 128] PCA-postprocessed embeddings (AudioSet format),
+  only with ``--vggish-pca``
 
 Only stock WebDataset extensions are used, so ``webdataset`` decodes samples without actprep.
 Tar headers are fixed (mtime 0, uid/gid 0, no user names, mode 0444) so equal inputs give
@@ -31,6 +35,8 @@ FRAME_DIGITS = 6
 JSON = "json"
 CLS = "cls"
 MFCC = "mfcc.npy"
+VGGISH = "vggish.npy"
+VGGISH_PCA = "vggish_pca.npy"
 _RGB = re.compile(r"^rgb\.(\d+)\.jpg$")
 _FLOW_X = re.compile(r"^flow_x\.(\d+)\.jpg$")
 _FLOW_Y = re.compile(r"^flow_y\.(\d+)\.jpg$")
@@ -169,7 +175,8 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     ``key``, ``meta`` (dict), ``label`` (int or None), ``rgb`` (uint8 [T, H, W, 3], RGB),
     ``flow`` (float32 [T-1, 2, H, W] in pixels, or None without flow; from the raw
     float16 members when present, else dequantized from the JPEGs),
-    ``mfcc`` (float32 [n_mfcc, T] or None)."""
+    ``mfcc`` (float32 [n_mfcc, T] or None), ``vggish`` (float32 [n, 128] or None),
+    ``vggish_pca`` (uint8 [n, 128] or None)."""
     import cv2  # local: only readers need it
 
     frames = _numbered(sample, _RGB, "RGB frames")
@@ -181,8 +188,14 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         "label": int(sample[CLS]) if CLS in sample else None,
         "rgb": np.stack(rgb) if rgb else np.zeros((0, meta["height"], meta["width"], 3), np.uint8),
         "flow": _decode_flow(sample, meta),
-        "mfcc": np.load(io.BytesIO(sample[MFCC]), allow_pickle=False) if MFCC in sample else None,
+        "mfcc": _npy(sample, MFCC),
+        "vggish": _npy(sample, VGGISH),
+        "vggish_pca": _npy(sample, VGGISH_PCA),
     }
+
+
+def _npy(sample: Mapping[str, Any], suffix: str) -> np.ndarray | None:
+    return np.load(io.BytesIO(sample[suffix]), allow_pickle=False) if suffix in sample else None
 
 
 def iter_samples(urls: Any) -> Any:

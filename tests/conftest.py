@@ -150,3 +150,32 @@ def run_cli():
 def middlebury() -> str:
     """The Middlebury sequences of the shared reference data."""
     return require_shared_data(MIDDLEBURY)
+
+
+VGGISH_DATA = os.path.join(SHARED_DATA, "vggish")
+
+
+@pytest.fixture(scope="session")
+def vggish_ref(tmp_path_factory):
+    """The VGGish reference data: ``golden`` (the npz), ``weights`` and ``pca`` (arrays from
+    make_weights.py), and the files a user would pass: ``weights_path`` (torch state_dict
+    .pth) and ``pca_path`` (vggish_pca_params.npz layout)."""
+    import importlib.util
+    import types
+
+    import numpy as np
+    import torch
+
+    folder = require_shared_data(VGGISH_DATA)
+    spec = importlib.util.spec_from_file_location("make_weights",
+                                                  os.path.join(folder, "make_weights.py"))
+    make_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_weights)
+    ref = types.SimpleNamespace(golden=np.load(os.path.join(folder, "golden.npz")),
+                                weights=make_weights.weights(), pca=make_weights.pca())
+    out = tmp_path_factory.mktemp("vggish")
+    ref.weights_path = str(out / "vggish.pth")
+    torch.save({k: torch.from_numpy(v) for k, v in ref.weights.items()}, ref.weights_path)
+    ref.pca_path = str(out / "vggish_pca_params.npz")
+    np.savez(ref.pca_path, **ref.pca)
+    return ref

@@ -55,36 +55,53 @@ def _frames_mel(buf: np.ndarray, buf_start: int, first: int, stop: int,
     return _mel_power(buf[lo: lo + (stop - first - 1) * p.hop_length + p.n_fft], p)
 
 
-def mfcc_chunks(chunks: Iterable[np.ndarray], params: MfccParams = MfccParams()) -> np.ndarray:
-    """float32 [n_mfcc, T] MFCC of mono float audio arriving in chunks (any sizes).
+class MfccStream:
+    """Mono float audio chunks (any sizes) in; ``finish()`` gives float32 [n_mfcc, T].
 
     Frames are cut from a running buffer exactly where whole-signal framing puts them
     (with librosa's zero padding of n_fft // 2 at both ends when centred), so only the
     small mel matrix grows with the audio's length. The dB conversion needs the global
     maximum (top_db), hence it runs once at the end."""
-    p = params
-    pad = p.n_fft // 2 if p.center else 0
-    buf, buf_start = np.zeros(pad, np.float32), 0
-    done, total, mels = 0, 0, []
-    for chunk in chunks:
+
+    def __init__(self, params: MfccParams = MfccParams()):
+        self.params = params
+        self._pad = params.n_fft // 2 if params.center else 0
+        self._buf, self._buf_start = np.zeros(self._pad, np.float32), 0
+        self._done, self._total, self._mels = 0, 0, []
+
+    def push(self, chunk: np.ndarray) -> None:
+        p = self.params
         if chunk.ndim != 1:
             raise ValueError(f"expected mono audio [N], got shape {chunk.shape}")
-        buf = np.concatenate([buf, np.asarray(chunk, np.float32)])
-        total += len(chunk)
-        fit = (buf_start + len(buf) - p.n_fft) // p.hop_length + 1  # frames wholly in buf
-        if fit > done:
-            mels.append(_frames_mel(buf, buf_start, done, fit, p))
-            drop = fit * p.hop_length - buf_start
-            buf, buf_start, done = buf[drop:], buf_start + drop, fit
-    frames = 1 + total // p.hop_length if p.center else 1 + (total - p.n_fft) // p.hop_length
-    if total == 0 or frames < 1:
-        raise ValueError(f"{total} audio samples are too few for one MFCC frame")
-    if frames > done:
-        mels.append(_frames_mel(np.concatenate([buf, np.zeros(pad, np.float32)]), buf_start,
-                                done, frames, p))
-    log_mel = librosa.power_to_db(np.concatenate(mels, axis=1))
-    out = librosa.feature.mfcc(S=log_mel, n_mfcc=p.n_mfcc, dct_type=2, norm="ortho")
-    return np.ascontiguousarray(out, dtype=np.float32)
+        self._buf = np.concatenate([self._buf, np.asarray(chunk, np.float32)])
+        self._total += len(chunk)
+        fit = (self._buf_start + len(self._buf) - p.n_fft) // p.hop_length + 1  # whole frames
+        if fit > self._done:
+            self._mels.append(_frames_mel(self._buf, self._buf_start, self._done, fit, p))
+            drop = fit * p.hop_length - self._buf_start
+            self._buf, self._buf_start, self._done = self._buf[drop:], self._buf_start + drop, fit
+
+    def finish(self) -> np.ndarray:
+        """The MFCC matrix; ValueError when the audio is too short for one frame."""
+        p, total = self.params, self._total
+        frames = 1 + total // p.hop_length if p.center else 1 + (total - p.n_fft) // p.hop_length
+        if total == 0 or frames < 1:
+            raise ValueError(f"{total} audio samples are too few for one MFCC frame")
+        mels = list(self._mels)
+        if frames > self._done:
+            tail = np.concatenate([self._buf, np.zeros(self._pad, np.float32)])
+            mels.append(_frames_mel(tail, self._buf_start, self._done, frames, p))
+        log_mel = librosa.power_to_db(np.concatenate(mels, axis=1))
+        out = librosa.feature.mfcc(S=log_mel, n_mfcc=p.n_mfcc, dct_type=2, norm="ortho")
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def mfcc_chunks(chunks: Iterable[np.ndarray], params: MfccParams = MfccParams()) -> np.ndarray:
+    """float32 [n_mfcc, T] MFCC of mono float audio arriving in chunks (see MfccStream)."""
+    stream = MfccStream(params)
+    for chunk in chunks:
+        stream.push(chunk)
+    return stream.finish()
 
 
 def mfcc(audio: np.ndarray, params: MfccParams = MfccParams()) -> np.ndarray:

@@ -62,29 +62,52 @@ def log_mel(frames: np.ndarray) -> np.ndarray:
     return np.log(spectrum @ _MEL + LOG_OFFSET)
 
 
+class Windower:
+    """Cuts windows of ``length`` rows starting every ``hop`` rows out of a stream of arrays
+    (sharing their trailing shape), as each window becomes complete. A window that would run
+    past the end is never produced. Holds at most one window plus one chunk."""
+
+    def __init__(self, length: int, hop: int):
+        self.length, self.hop = length, hop
+        self._buf: np.ndarray | None = None
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """The windows ``[k, length, ...]`` completed by ``chunk`` (k may be 0)."""
+        buf = chunk if self._buf is None else np.concatenate([self._buf, chunk])
+        count = (len(buf) - self.length) // self.hop + 1 if len(buf) >= self.length else 0
+        starts = np.arange(count) * self.hop
+        self._buf = buf[count * self.hop:]
+        return buf[starts[:, None] + np.arange(self.length)]
+
+
 def iter_windows(chunks: Iterable[np.ndarray], length: int, hop: int) -> Iterator[np.ndarray]:
-    """Windows ``[k, length, ...]`` starting every ``hop`` rows of the concatenation of
-    ``chunks`` (arrays sharing their trailing shape), as each becomes complete; a window that
-    would run past the end is never produced. Holds at most one window plus one chunk."""
-    buf: np.ndarray | None = None
+    """The non-empty window batches of ``Windower`` over ``chunks``."""
+    windower = Windower(length, hop)
     for chunk in chunks:
-        buf = chunk if buf is None else np.concatenate([buf, chunk])
-        count = (len(buf) - length) // hop + 1 if len(buf) >= length else 0
-        if count > 0:
-            starts = np.arange(count) * hop
-            yield buf[starts[:, None] + np.arange(length)]
-            buf = buf[count * hop:]
+        windows = windower.push(chunk)
+        if len(windows):
+            yield windows
 
 
-def log_mel_frames(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """float32 [k, 64] log-mel frames of mono 16 kHz float audio arriving in chunks."""
-    for frames in iter_windows((np.asarray(c, np.float64) for c in chunks), WINDOW, HOP):
-        yield log_mel(frames).astype(np.float32)
+class ExampleStream:
+    """Mono 16 kHz float audio chunks in, float32 [k, 96, 64] log-mel examples out."""
+
+    def __init__(self, hop_seconds: float = 0.96):
+        self._frames = Windower(WINDOW, HOP)
+        self._examples = Windower(EXAMPLE_FRAMES, hop_frames(hop_seconds))
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        frames = self._frames.push(np.asarray(chunk, np.float64))
+        return self._examples.push(log_mel(frames).astype(np.float32))
 
 
 def iter_examples(chunks: Iterable[np.ndarray], hop_seconds: float = 0.96) -> Iterator[np.ndarray]:
     """float32 [k, 96, 64] log-mel examples of mono 16 kHz audio chunks, in time order."""
-    yield from iter_windows(log_mel_frames(chunks), EXAMPLE_FRAMES, hop_frames(hop_seconds))
+    stream = ExampleStream(hop_seconds)
+    for chunk in chunks:
+        examples = stream.push(chunk)
+        if len(examples):
+            yield examples
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:

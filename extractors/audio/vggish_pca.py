@@ -52,12 +52,15 @@ def _numpy_globals() -> list:
 def load_pca(data: bytes, source: str) -> PcaParams:
     """PCA parameters from the official ``vggish_pca_params.npz`` or the PyTorch port's
     ``.pth`` (a dict with the same two names, tensors or numpy arrays)."""
+    arrays = None
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             if EIGEN_VECTORS in npz.files and MEANS in npz.files:
-                return PcaParams.from_arrays(npz[EIGEN_VECTORS], npz[MEANS], source)
-    except (ValueError, OSError, EOFError):
+                arrays = npz[EIGEN_VECTORS], npz[MEANS]
+    except (ValueError, OSError, EOFError, AttributeError):
         pass  # not an .npz: try a torch file
+    if arrays is not None:
+        return PcaParams.from_arrays(*arrays, source=source)
     try:
         import torch
         with torch.serialization.safe_globals(_numpy_globals()):

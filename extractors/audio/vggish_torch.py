@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from actprep.extractors.audio.vggish_input import EXAMPLE_FRAMES, MEL_BANDS
+from actprep.extractors.audio.vggish_input import EXAMPLE_FRAMES, MEL_BANDS, ExampleStream
 
 EMBEDDING_SIZE = 128
 _CONVS = ((1, 64), "M", (64, 128), "M", (128, 256), (256, 256), "M", (256, 512), (512, 512), "M")
@@ -113,3 +113,24 @@ class VggishEmbedder:
         out = [self.model(torch.from_numpy(examples[i:i + self.batch_size]).to(self.device))
                .float().cpu().numpy() for i in range(0, len(examples), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, EMBEDDING_SIZE), np.float32)
+
+
+class VggishStream:
+    """Audio chunks in (mono 16 kHz float), ``finish()`` gives float32 [n, 128]: the
+    examples of each chunk go through the network as they complete, so only embeddings
+    accumulate, whatever the audio's length."""
+
+    def __init__(self, embedder: VggishEmbedder, hop_seconds: float = 0.96):
+        self._embedder = embedder
+        self._examples = ExampleStream(hop_seconds)
+        self._out: list[np.ndarray] = []
+
+    def push(self, chunk: np.ndarray) -> None:
+        examples = self._examples.push(chunk)
+        if len(examples):
+            self._out.append(self._embedder.embed(examples))
+
+    def finish(self) -> np.ndarray:
+        if not self._out:
+            return np.zeros((0, EMBEDDING_SIZE), np.float32)
+        return np.concatenate(self._out)

@@ -1,0 +1,135 @@
+"""Per-worker extractor state built from the run options: the flow engine and VGGish.
+
+Built once per worker (``ProcessVideos.setup``) and once by the launcher to check the
+options and files before any work. Weights and PCA parameters are read through Beam's
+FileSystems, so local paths and gs:// URIs work alike; nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from actprep.extractors.flow.engine import FlowEngine
+from actprep.extractors.flow.params import preset
+from actprep.pipelines import storage
+from actprep.pipelines.options import RunOptions
+
+NON_OVERLAPPING = 0.96
+
+
+class AudioStream(Protocol):
+    def push(self, chunk: np.ndarray) -> None: ...
+    def finish(self) -> np.ndarray: ...
+
+
+@dataclass
+class Vggish:
+    """A loaded VGGish backend: ``stream()`` starts the embedding of one audio track."""
+
+    backend: str
+    device: str
+    model: Any  # VggishEmbedder (torch) or HubVggish (tfhub)
+    hop_seconds: float
+    pca: Any = None  # PcaParams or None
+    weights_sha256: str | None = None
+
+    def stream(self) -> AudioStream:
+        if self.backend == "torch":
+            from actprep.extractors.audio.vggish_torch import VggishStream
+            return VggishStream(self.model, self.hop_seconds)
+        return self.model.stream()
+
+    def describe(self) -> dict[str, Any]:
+        info = {"backend": self.backend, "device": self.device}
+        if self.weights_sha256:
+            info["weights_sha256"] = self.weights_sha256
+        return info
+
+
+@dataclass
+class Models:
+    flow: FlowEngine | None = None
+    vggish: Vggish | None = None
+
+    def ran(self) -> dict[str, dict[str, Any]]:
+        """What computes each model modality, for the sample metadata."""
+        out = {}
+        if self.flow is not None:
+            out["flow"] = {"backend": self.flow.backend, "device": self.flow.device}
+        if self.vggish is not None:
+            out["vggish"] = self.vggish.describe()
+        return out
+
+
+def make_flow_engine(opts: RunOptions) -> FlowEngine | None:
+    """The flow engine (None without the flow modality); it holds backend state, so each
+    worker builds its own."""
+    if "flow" not in opts.modalities:
+        return None
+    return FlowEngine(opts.flow_backend, opts.device, preset(opts.flow_preset),
+                      opts.flow_batch_size)
+
+
+def _read(path: str, what: str) -> bytes:
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{what} {path}: file not found")
+    return storage.read_bytes(path)
+
+
+def make_vggish(opts: RunOptions) -> Vggish | None:
+    """VGGish for these options (None without the vggish modality). ValueError or
+    FileNotFoundError, naming the file, when a weight file is missing or is not VGGish's."""
+    if "vggish" not in opts.modalities:
+        return None
+    pca = None
+    if opts.vggish_pca:
+        from actprep.extractors.audio.vggish_pca import load_pca
+        pca = load_pca(_read(opts.vggish_pca, "VGGish PCA"), opts.vggish_pca)
+    if opts.vggish_backend == "tfhub":
+        return _hub_vggish(opts, pca)
+    if not opts.vggish_weights:
+        raise ValueError("the vggish modality needs --vggish-weights PATH (a PyTorch "
+                         "state_dict in the PyTorch-port layout; 'actprep vggish-convert' "
+                         "makes one from the official vggish_model.ckpt), or "
+                         "--vggish-backend tfhub with --vggish-hub")
+    if opts.vggish_hub:
+        raise ValueError("--vggish-hub is for --vggish-backend tfhub; the torch backend "
+                         "takes --vggish-weights")
+    import hashlib
+
+    from actprep.extractors.audio.vggish_torch import VggishEmbedder, load_state_dict
+    from actprep.extractors.torch_device import resolve_device
+
+    data = _read(opts.vggish_weights, "VGGish weights")
+    state = load_state_dict(io.BytesIO(data), opts.vggish_weights)
+    device = resolve_device(opts.device)
+    embedder = VggishEmbedder(state, device, opts.vggish_batch_size)
+    return Vggish("torch", device, embedder, opts.vggish_hop, pca,
+                  hashlib.sha256(data).hexdigest())
+
+
+def _hub_vggish(opts: RunOptions, pca: Any) -> Vggish:
+    if not opts.vggish_hub:
+        raise ValueError("--vggish-backend tfhub needs --vggish-hub HANDLE (a SavedModel "
+                         "folder, local or gs://, or a tfhub.dev address)")
+    if opts.vggish_weights:
+        raise ValueError("--vggish-weights is for the torch backend; the tfhub backend "
+                         "takes its weights from --vggish-hub")
+    if abs(opts.vggish_hop - NON_OVERLAPPING) > 1e-9:
+        raise ValueError(f"--vggish-hop {opts.vggish_hop}: the TF-Hub model fixes the hop at "
+                         f"{NON_OVERLAPPING} s; use --vggish-backend torch for other hops")
+    try:
+        from actprep.extractors.audio.vggish_tf import HubVggish
+    except ImportError as exc:
+        raise ImportError(f"--vggish-backend tfhub needs tensorflow and tensorflow-hub "
+                          f"(pip install 'actprep[tfhub]'): {exc}") from None
+    model = HubVggish(opts.vggish_hub, batch_examples=opts.vggish_batch_size)
+    return Vggish("tfhub", "tensorflow", model, NON_OVERLAPPING, pca)
+
+
+def load_models(opts: RunOptions) -> Models:
+    """Everything the options ask for, loaded and checked."""
+    return Models(flow=make_flow_engine(opts), vggish=make_vggish(opts))
