@@ -93,6 +93,39 @@ def _add_flow_parser(sub) -> None:
     flow_p.set_defaults(func=cmd_flow)
 
 
+def cmd_vggish_convert(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       beam_args: list[str]) -> int:
+    from actprep.pipelines.vggishcli import VggishConvertError, convert
+
+    if beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    try:
+        lines = convert(args.checkpoint, args.weights, args.output, args.saved_model)
+    except VggishConvertError as exc:
+        print(f"actprep vggish-convert: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+def _add_vggish_parser(sub) -> None:
+    # nothing imported here: TensorFlow loads only when the command runs
+    conv_p = sub.add_parser(
+        "vggish-convert", help="VGGish weights: the official TF checkpoint to a PyTorch "
+        ".pth, or a .pth to a TF-Hub-style SavedModel")
+    source = conv_p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="official TF checkpoint (vggish_model.ckpt) or a V2 prefix")
+    source.add_argument("--weights", metavar="PTH",
+                        help="PyTorch-port state_dict (.pth, local or gs://)")
+    conv_p.add_argument("-o", "--output", metavar="PTH",
+                        help="write a PyTorch state_dict (for --vggish-backend torch)")
+    conv_p.add_argument("--saved-model", metavar="DIR",
+                        help="write a SavedModel with the TF-Hub interface (for "
+                        "--vggish-backend tfhub --vggish-hub DIR)")
+    conv_p.set_defaults(func=cmd_vggish_convert)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from actprep.pipelines.options import add_run_arguments
 
@@ -109,6 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--output", default="actprep-demo", help="folder (default ./actprep-demo)")
     demo_p.set_defaults(func=cmd_demo)
     _add_flow_parser(sub)
+    _add_vggish_parser(sub)
     return parser
 
 
