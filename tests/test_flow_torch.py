@@ -174,6 +174,14 @@ def test_batch_equals_pairs_alone(monkeypatch):
     never_stop = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)),
                            p.with_(epsilon=1e-12))
     assert (never_stop - batch).abs().amax() > 0.1
+    # reading the stopping state back less often (as on CUDA) changes nothing
+    for every in (3, 10):
+        lazy = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)), p,
+                         sync_every=every)
+        assert torch.equal(lazy, batch)
+    with pytest.raises(ValueError, match="sync_every"):
+        tvl1_flow(torch.from_numpy(prevs[0])[None], torch.from_numpy(nxts[0])[None], p,
+                  sync_every=0)
 
 
 # --------------------------------------------------------------------------------------------
