@@ -264,3 +264,33 @@ def test_state_dict_errors_name_the_key(ref):
         vt.state_dict_to_tf_variables(weights, "my.pth")
     assert "my.pth" in str(err.value) and "missing embeddings.4.bias" in str(err.value)
     assert "features.0.weight has shape [32, 1, 3, 3], expected [64, 1, 3, 3]" in str(err.value)
+
+
+# the tfhub backend in actprep run
+
+def test_run_with_tfhub_backend_equals_torch_backend(hub_model, big_tmp, vggish_ref, run_cli,
+                                                     tmp_path):
+    import pyarrow.parquet as pq
+
+    from actprep.pipelines.synth import make_video
+    from actprep.schemas.sample import iter_samples
+    from conftest import LOCAL_BEAM
+
+    make_video(str(tmp_path / "a.mp4"), duration=2.2, fps=10, size=(64, 48), audio_freq=600,
+               audio_channels=2)
+    (tmp_path / "list.csv").write_text("path,label\na.mp4,x\n")
+    outputs = {}
+    for backend, weights in (("tfhub", ["--vggish-hub", str(big_tmp / "saved_model")]),
+                             ("torch", ["--vggish-weights", vggish_ref.weights_path])):
+        out = tmp_path / backend
+        assert run_cli(["run", "--dataset", "generic", "--manifest", tmp_path / "list.csv",
+                        "--output", out, "--modalities", "vggish", "--vggish-backend",
+                        backend, *weights, "--vggish-pca", vggish_ref.pca_path,
+                        "--no-progress", *LOCAL_BEAM]) == 0
+        assert pq.read_table(out / "index").column("vggish_examples").to_pylist() == [2]
+        (sample,) = iter_samples(str(out / "shard-000000.tar"))
+        assert sample["meta"]["params"]["vggish"]["backend"] == backend
+        outputs[backend] = sample
+    assert rel(outputs["tfhub"]["vggish"], outputs["torch"]["vggish"]) < 1e-4
+    diff = outputs["tfhub"]["vggish_pca"].astype(int) - outputs["torch"]["vggish_pca"]
+    assert np.abs(diff).max() <= 1

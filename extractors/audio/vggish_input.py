@@ -111,8 +111,9 @@ def iter_examples(chunks: Iterable[np.ndarray], hop_seconds: float = 0.96) -> It
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
-    """[N] or [N, channels] audio to mono [N] by averaging the channels (as the reference)."""
-    waveform = np.asarray(waveform)
+    """[N] or [N, channels] audio to mono float64 [N] by averaging the channels (in float64,
+    as the reference)."""
+    waveform = np.asarray(waveform, np.float64)
     if waveform.ndim == 2:
         return waveform.mean(axis=1)
     if waveform.ndim != 1:
