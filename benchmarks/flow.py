@@ -9,6 +9,11 @@ sweeps the batch size.
     python benchmarks/flow.py [--data DIR] [--presets opencv,quality] [--pairs N]
                               [--batch-sizes 1,4,8] [--cuda-batch-sizes 1,8,32,64,128,256]
                               [--seconds S] [--json FILE]
+                              [--write-reference NPZ | --reference NPZ]
+
+Where OpenCV has no ``cv2.optflow`` (a GPU machine with plain opencv-python), the OpenCV rows
+are skipped; ``--reference`` then brings OpenCV's flows of the same pairs, written beforehand
+on a machine with opencv-contrib by ``--write-reference``, for the agreement column.
 """
 from __future__ import annotations
 
@@ -90,6 +95,20 @@ def bench_torch(pairs, params, device: str, batch: int, budget: float):
     return rate, flows, mem
 
 
+def has_opencv_tvl1() -> bool:
+    return hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create")
+
+
+def write_reference(path: str, pairs, presets: list[str]) -> None:
+    """OpenCV's flows of ``pairs`` for each preset it can run, as one .npz."""
+    from actprep.extractors.flow.opencv_backend import opencv_flow
+
+    arrays = {name: np.stack([opencv_flow(a, b, preset(name)) for a, b in pairs])
+              for name in presets if preset(name).pyramid == "resize"}
+    np.savez_compressed(path, **arrays)
+    print(f"wrote OpenCV flows of {len(pairs)} pairs for {', '.join(arrays)} to {path}")
+
+
 def epe(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((a - b) ** 2).sum(-1)).mean())
 
@@ -103,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-batch-sizes", default="1,8,32,64,128,256")
     p.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
     p.add_argument("--json")
+    p.add_argument("--write-reference", metavar="NPZ",
+                   help="only write OpenCV's flows of the pairs (for --reference) and exit")
+    p.add_argument("--reference", metavar="NPZ",
+                   help="OpenCV flows of the same pairs, for the agreement column when this "
+                   "machine's OpenCV has no TV-L1")
     args = p.parse_args(argv)
 
     import torch
@@ -111,26 +135,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cores)
     cv2.setNumThreads(cores)
     pairs = load_pairs(args.data, args.pairs)
+    if args.write_reference:
+        write_reference(args.write_reference, pairs, args.presets.split(","))
+        return 0
+    reference = dict(np.load(args.reference)) if args.reference else {}
     cuda = torch.cuda.is_available()
     info = {"cores": cores, "python": platform.python_version(), "torch": torch.__version__,
             "opencv": cv2.__version__, "cuda": torch.cuda.get_device_name(0) if cuda else None,
-            "size": SIZE, "pairs": len(pairs)}
+            "size": SIZE, "pairs": len(pairs), "opencv_tvl1": has_opencv_tvl1()}
     print(f"# flow benchmark at {SIZE[0]}x{SIZE[1]}: {info}", file=sys.stderr)
     rows, results = [], {"machine": info, "presets": {}}
     for name in args.presets.split(","):
         params = preset(name)
         res: dict = {}
-        if params.pyramid == "resize":
+        cv_flows = reference.get(name)
+        if params.pyramid == "resize" and has_opencv_tvl1():
             res["opencv_cpu"], cv_flows = bench_opencv(pairs, params, args.seconds)
             rows.append((name, "opencv", "cpu", 1, res["opencv_cpu"], 1.0, None, None))
-        else:
-            cv_flows = None
         base = res.get("opencv_cpu")
         cpu_flows = None
         for b in (int(x) for x in args.batch_sizes.split(",")):
             rate, flows, _ = bench_torch(pairs, params, "cpu", b, args.seconds)
             cpu_flows = flows if cpu_flows is None else cpu_flows
             res[f"torch_cpu_b{b}"] = rate
+            if base is None:  # no OpenCV TV-L1 here: the first torch CPU rate is the baseline
+                base = rate
+                res["baseline"] = f"torch_cpu_b{b}"
             agree = epe(flows[0], cv_flows[0]) if cv_flows is not None else None
             rows.append((name, "torch", "cpu", b, rate, rate / base if base else None, agree, None))
         if cuda:
@@ -139,17 +169,25 @@ def main(argv: list[str] | None = None) -> int:
                 rate, flows, mem = bench_torch(pairs, params, "cuda", b, args.seconds)
                 res[f"torch_cuda_b{b}"] = rate
                 res[f"torch_cuda_b{b}_epe_vs_cpu"] = epe(flows[0], cpu_flows[0])
+                if cv_flows is not None:
+                    res[f"torch_cuda_b{b}_epe_vs_opencv"] = epe(flows[0], cv_flows[0])
                 rows.append((name, "torch", "cuda", b, rate, rate / base if base else None,
                              res[f"torch_cuda_b{b}_epe_vs_cpu"], mem))
+                if cv_flows is not None:
+                    mag = float(np.sqrt((cv_flows[0] ** 2).sum(-1)).mean())
+                    res[f"torch_cuda_b{b}_epe_vs_opencv_rel"] = (
+                        res[f"torch_cuda_b{b}_epe_vs_opencv"] / mag)
         results["presets"][name] = res
-    print("| preset | backend | device | batch | pairs/s | vs OpenCV CPU | EPE vs reference | GPU MiB |")
+    print("| preset | backend | device | batch | pairs/s | vs baseline | EPE vs reference | GPU MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, backend, dev, b, rate, ratio, agree, mem in rows:
         print(f"| {name} | {backend} | {dev} | {b} | {rate:.2f} | "
               f"{'' if ratio is None else f'{ratio:.2f}x'} | "
               f"{'' if agree is None else f'{agree:.3f}'} | {'' if mem is None else f'{mem:.0f}'} |")
-    print("\nEPE vs reference: torch on the CPU against OpenCV (first pair); torch on CUDA "
-          "against torch on the CPU (first pair).")
+    print("\nBaseline: OpenCV's CPU DualTVL1 with the same parameters on this machine's cores, "
+          "or where this OpenCV has no TV-L1, the first torch CPU row. EPE vs reference: torch "
+          "on the CPU against OpenCV (first pair); torch on CUDA against torch on the CPU "
+          "(first pair; against OpenCV in the JSON when known).")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
