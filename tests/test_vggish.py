@@ -266,6 +266,7 @@ def test_run_vggish_hop(run_cli, audio_set, vggish_ref, tmp_path):
     (["--vggish-weights", "{pca}"], "not a readable PyTorch"),
     (["--vggish-weights", "{weights}", "--vggish-pca", "{weights}"], "VGGish PCA"),
     (["--vggish-backend", "tfhub"], "needs --vggish-hub"),
+    (["--vggish-weights", "{weights}", "--vggish-hub", "{tmp}"], "--vggish-hub is for"),
     (["--vggish-backend", "tfhub", "--vggish-hub", "{tmp}", "--vggish-hop", "0.5"],
      "fixes the hop"),
 ])
@@ -297,3 +298,10 @@ def test_vggish_shards_are_reproducible(run_cli, audio_set, vggish_ref, tmp_path
                     "--direct_num_workers=2", "--direct_running_mode=multi_threading"]) == 0
     for name in ("shard-000000.tar", "index/shard-000000.parquet"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_run_refuses_cuda_without_a_gpu(run_cli, audio_set, vggish_ref, tmp_path, capsys):
+    code = _run(run_cli, audio_set, tmp_path / "out", "--vggish-weights",
+                vggish_ref.weights_path, "--device", "cuda")
+    assert code == 2 and "no CUDA device" in capsys.readouterr().err

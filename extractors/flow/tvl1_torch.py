@@ -274,11 +274,11 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
     [B, 2, H, W] on that device with prev(x, y) ~ nxt(x + u, y + v). ``sync_every``: how
     often the stopping state is read back on the host (default 1 on the CPU, 10 elsewhere);
     it changes the speed, not the result."""
+    _check_inputs(prev, nxt)
     if sync_every is None:
         sync_every = 1 if prev.device.type == "cpu" else 10
     if sync_every < 1:
         raise ValueError(f"sync_every must be at least 1, got {sync_every}")
-    _check_inputs(prev, nxt)
     with torch.no_grad():
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
