@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.fragment import copy_members, open_shard
+from actprep.pipelines.crashpoints import crash_point
 from actprep.pipelines.options import RunOptions
 from actprep.schemas.index import OK, write_index
 
@@ -22,9 +23,12 @@ def commit_shard(opts: RunOptions, shard: int, results: Iterable[dict[str, Any]]
     buf = io.BytesIO()
     write_index(rows, buf)
     storage.write_atomic(layout.shard_index(opts.output, shard), buf.getvalue())
+    crash_point("commit:index")
     with storage.atomic_writer(layout.shard_tar(opts.output, shard)) as stream:
         tar = open_shard(stream)
-        for row in rows:
+        for number, row in enumerate(rows, 1):
+            if number == len(rows) // 2 + 1:
+                crash_point("commit:tar")
             if row["status"] == OK:
                 fragment = layout.fragment_path(opts.output, shard, row["line"])
                 with storage.FileSystems.open(fragment, compression_type="uncompressed") as src:
@@ -33,19 +37,20 @@ def commit_shard(opts: RunOptions, shard: int, results: Iterable[dict[str, Any]]
                     raise RuntimeError(f"{fragment}: {copied} members, its result says "
                                        f"{row['members']}")
         tar.close()
-    _drop_work(opts, shard, rows)
+    crash_point("commit:renamed")
+    drop_work(opts.output, shard)
     ok = sum(r["status"] == OK for r in rows)
     return {"shard": shard, "ok": ok, "failed": len(rows) - ok}
 
 
-def _drop_work(opts: RunOptions, shard: int, rows: list[dict[str, Any]]) -> None:
-    paths = [layout.result_path(opts.output, shard, r["line"]) for r in rows]
-    paths += [layout.fragment_path(opts.output, shard, r["line"]) for r in rows
-              if r["status"] == OK]
-    storage.delete(paths)
-    work = layout.work_dir(opts.output, shard)
+def drop_work(output: str, shard: int) -> None:
+    """Deletes a committed shard's work folder: fragments, results and the temporaries of
+    killed attempts. Also run for committed shards at the start of a run, which finishes a
+    commit killed after its tar was in place."""
+    work = layout.work_dir(output, shard)
+    storage.delete(storage.files_in(work))
     if storage.is_local(work):
         try:
             os.rmdir(work)
         except OSError:
-            pass  # leftover temporaries of killed attempts: harmless
+            pass

@@ -6,6 +6,7 @@ from typing import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
@@ -14,6 +15,7 @@ from actprep.pipelines.commit import commit_shard
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import Models, make_flow_engine, make_vggish
 from actprep.pipelines.process import load_result, process_entry
+from actprep.pipelines.retry import retryable
 from actprep.schemas.index import OK
 from actprep.schemas.plan import PlanEntry
 
@@ -30,6 +32,7 @@ class ProcessVideos(beam.DoFn):
         self.ok = Metrics.counter(NAMESPACE, "videos_ok")
         self.failed = Metrics.counter(NAMESPACE, "videos_failed")
         self.reused = Metrics.counter(NAMESPACE, "videos_reused")
+        self.processed = Metrics.counter(NAMESPACE, "videos_processed")
         self.frames = Metrics.counter(NAMESPACE, "frames")
         self.flows = Metrics.counter(NAMESPACE, "flow_pairs")
         self.vggish_examples = Metrics.counter(NAMESPACE, "vggish_examples")
@@ -47,10 +50,14 @@ class ProcessVideos(beam.DoFn):
 
     def process(self, entry: PlanEntry) -> Iterator[tuple[int, dict]]:
         result = load_result(self.opts, entry)
+        attempts = 1
+        if result is not None and self.opts.retry_failed and retryable(result):
+            attempts, result = (result.get("attempts") or 1) + 1, None
         if result is not None:
             self.reused.inc()
         else:
-            result = process_entry(entry, self.opts, self.models)
+            self.processed.inc()
+            result = process_entry(entry, self.opts, self.models, attempts)
             self.frames.inc(result.get("frames") or 0)
             self.flows.inc(result.get("flow_pairs") or 0)
             self.vggish_examples.inc(result.get("vggish_examples") or 0)
@@ -91,3 +98,17 @@ def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int]):
     result = pipeline.run()
     result.wait_until_finish()
     return result
+
+
+def job_counters(result) -> dict[str, int]:
+    """actprep's Beam counters of a finished job, summed over steps (committed values where
+    the runner reports them)."""
+    totals: dict[str, int] = {}
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except Exception:  # noqa: BLE001 - a runner without metrics: the summary says less
+        return totals
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals

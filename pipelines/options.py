@@ -16,7 +16,7 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # options that change how a run goes, not what its output means: a rerun may change them
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
-             "flow_batch_size", "vggish_backend", "vggish_batch_size")
+             "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -52,6 +52,7 @@ class RunOptions:
     vggish_pca: str | None = None
     vggish_hop: float = 0.96
     vggish_batch_size: int = 64
+    retry_failed: bool = False
     progress: bool = True
 
     def flow_params(self) -> dict:
@@ -182,6 +183,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "non-overlapping, as the reference)")
     parser.add_argument("--vggish-batch-size", type=_positive(int), default=64,
                         help="VGGish examples per forward pass (default 64)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="process again the videos that failed in a media stage (fetch, "
+                        "probe, decode, audio...); their committed shards are rebuilt")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no live progress display")
 
@@ -208,5 +212,6 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw,
         vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
         vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
-        vggish_batch_size=args.vggish_batch_size, progress=args.progress,
+        vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed,
+        progress=args.progress,
     )

@@ -19,6 +19,7 @@ from actprep.extractors.flow.engine import FlowEngine
 from actprep.extractors.flow.quantize import quantize
 from actprep.extractors.rgb import encode_gray_jpeg, encode_jpeg
 from actprep.pipelines import layout, storage
+from actprep.pipelines.crashpoints import crash_point
 from actprep.pipelines.fragment import SampleWriter, sample_writer
 from actprep.pipelines.models import Models, load_models
 from actprep.pipelines.options import RunOptions
@@ -43,11 +44,12 @@ def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
     return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
-def process_entry(entry: PlanEntry, opts: RunOptions,
-                  models: Models | None = None) -> dict[str, Any]:
+def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = None,
+                  attempts: int = 1) -> dict[str, Any]:
     """Processes one video and checkpoints it (fragment, then result record). Any
     failure becomes a recorded result with its stage and reason. ``models``: from
-    ``load_models``, built once per worker; loaded here when none are given."""
+    ``load_models``, built once per worker; loaded here when none are given.
+    ``attempts``: which processing of this video this is (recorded)."""
     if entry.error:
         result = failed(entry, "manifest", entry.error)
     else:
@@ -59,8 +61,11 @@ def process_entry(entry: PlanEntry, opts: RunOptions,
             result = failed(entry, exc.stage, exc.reason)
         except Exception as exc:  # a bug or an environment problem: still recorded
             result = failed(entry, "internal", f"{type(exc).__name__}: {exc}")
+    result["attempts"] = attempts
+    crash_point("process:fragment")
     storage.write_atomic(layout.result_path(opts.output, entry.shard, entry.line),
                          json.dumps(result, sort_keys=True).encode())
+    crash_point("process:result")
     return result
 
 
@@ -117,6 +122,8 @@ class _FrameTap:
     def __iter__(self) -> Iterator[np.ndarray]:
         for frame in self._frames:
             self.count += 1
+            if self.count == 2:
+                crash_point("process:decoding")
             jpeg = encode_jpeg(frame, self._quality) if self._keep_rgb else None
             self.pending.append((self.count, jpeg))
             yield frame

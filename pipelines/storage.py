@@ -88,6 +88,15 @@ def list_files(root: str) -> list[str]:
     return [m.path[len(root) + 1:] for m in result.metadata_list]
 
 
+def files_in(folder: str) -> list[str]:
+    """Full paths of every file under ``folder`` (hidden temporaries included); [] when
+    there is no such folder."""
+    folder = folder.rstrip("/")
+    if is_local(folder):
+        return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+    return [m.path for m in FileSystems.match([folder + "/**"])[0].metadata_list]
+
+
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
     """A local file path for ``path``: itself when local, else a temporary download."""

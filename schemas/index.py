@@ -20,6 +20,7 @@ INDEX_SCHEMA = pa.schema([
     ("status", pa.string()),  # "ok" or "failed"
     ("failure_stage", pa.string()),  # manifest, fetch, probe, decode, audio, ...
     ("failure_reason", pa.string()),
+    ("attempts", pa.int32()),  # times processed: 1, more after --retry-failed
     ("source_path", pa.string()),
     ("source_bytes", pa.int64()),
     ("duration", pa.float64()),  # seconds of decoded video

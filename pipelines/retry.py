@@ -1,0 +1,81 @@
+"""``--retry-failed``: committed shards that hold media failures go back to the work area, so
+the run reprocesses just those videos and commits the shards again.
+
+Reopening turns a committed shard back into the state just before its commit: every ok
+sample's members become its fragment again (copied member by member from the shard tar,
+checked against the index's sha256), every row its result record; then the tar goes (the
+commit point, reversed) and then its index. Killed part-way, the shard is either still
+committed (reopened again next time) or fully checkpointed; nothing is lost either way.
+Manifest failures (missing video, unknown label, duplicate key) belong to the plan and are
+not retried.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import tarfile
+from typing import Any
+
+import pyarrow as pa
+
+from actprep.pipelines import layout, storage
+from actprep.pipelines.fragment import SampleWriter, sample_writer
+from actprep.schemas.index import FAILED, OK, read_index
+
+
+def retryable(result: dict[str, Any]) -> bool:
+    """A failed result of a media stage (fetch, probe, decode, audio, internal...)."""
+    return result["status"] == FAILED and result.get("failure_stage") != "manifest"
+
+
+def reopen_shards_with_failures(output: str) -> list[int]:
+    """Reopens every committed shard holding a retryable failure; returns their numbers."""
+    reopened = []
+    for shard in sorted(layout.committed_shards(output)):
+        index = storage.read_bytes(layout.shard_index(output, shard))
+        rows = read_index(pa.BufferReader(index)).to_pylist()
+        if any(retryable(r) for r in rows):
+            reopen_shard(output, shard, rows)
+            reopened.append(shard)
+    return reopened
+
+
+def reopen_shard(output: str, shard: int, rows: list[dict[str, Any]]) -> None:
+    ok = {r["key"]: r for r in rows if r["status"] == OK}
+    seen: set[str] = set()
+    with storage.FileSystems.open(layout.shard_tar(output, shard),
+                                  compression_type="uncompressed") as src, \
+            tarfile.open(fileobj=src, mode="r|") as tar, contextlib.ExitStack() as stack:
+        key, writer = None, None
+        for member in tar:
+            member_key = member.name.split(".", 1)[0]
+            if member_key != key:
+                if writer is not None:
+                    _finish(stack, writer, ok[key])
+                if member_key not in ok or member_key in seen:
+                    raise ValueError(f"{layout.shard_tar(output, shard)}: member {member.name} "
+                                     f"belongs to no ok row of its index, or is not contiguous")
+                key = member_key
+                seen.add(key)
+                path = layout.fragment_path(output, shard, ok[key]["line"])
+                writer = stack.enter_context(sample_writer(stack.enter_context(
+                    storage.atomic_writer(path))))
+            writer.add(member.name, tar.extractfile(member).read())
+        if writer is not None:
+            _finish(stack, writer, ok[key])
+    if seen != set(ok):
+        raise ValueError(f"{layout.shard_tar(output, shard)}: no members for "
+                         f"{', '.join(sorted(set(ok) - seen))}")
+    for row in rows:
+        storage.write_atomic(layout.result_path(output, shard, row["line"]),
+                             json.dumps(row, sort_keys=True).encode())
+    storage.delete([layout.shard_tar(output, shard)])
+    storage.delete([layout.shard_index(output, shard)])
+
+
+def _finish(stack: contextlib.ExitStack, writer: SampleWriter, row: dict[str, Any]) -> None:
+    """Closes the fragment being written (the writer, then its atomic file)."""
+    if writer.sha256 != row["sample_sha256"] or writer.members != row["members"]:
+        raise ValueError(f"sample {row['key']}: its members in the shard do not match the "
+                         f"index (sha256 or member count); the shard is damaged")
+    stack.pop_all().close()
