@@ -58,6 +58,8 @@ def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
         _say(f"actprep: error: {exc}")
         return 2
     _say(f"actprep: {ffmpeg_source()}")
+    for folder in (opts.output, storage.join(opts.output, layout.INDEX_DIR)):
+        storage.drop_temporaries(folder)  # of killed writers: we hold the lock
     finished = _finish_interrupted_commits(opts.output)
     if finished:
         _say(f"actprep: finished the interrupted commit of {len(finished)} shards")

@@ -61,6 +61,15 @@ def atomic_writer(path: str) -> Iterator[IO[bytes]]:
     FileSystems.rename([tmp], [path])
 
 
+def drop_temporaries(folder: str) -> list[str]:
+    """Deletes the temporaries ``atomic_writer`` left directly in ``folder`` when its
+    process was killed; only safe while no writer is running there (the run lock)."""
+    found = FileSystems.match([join(folder, ".*.tmp-*")])[0].metadata_list
+    paths = [m.path for m in found]
+    delete(paths)
+    return paths
+
+
 def write_atomic(path: str, data: bytes) -> None:
     with atomic_writer(path) as f:
         f.write(data)
