@@ -2,7 +2,7 @@
 pipelines/) and install under the ``actprep`` namespace."""
 from setuptools import find_packages, setup
 
-ROOTS = ("schemas", "extractors", "pipelines")
+ROOTS = ("schemas", "extractors", "pipelines", "readers")
 PACKAGES = {f"actprep.{root}": root for root in ROOTS}
 for root in ROOTS:  # every sub-package, so a new folder cannot be left out of the install
     for sub in find_packages(where=root):
