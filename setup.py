@@ -32,6 +32,7 @@ setup(
         "imageio-ffmpeg>=0.5",
         "opencv-contrib-python-headless>=4.8",  # contrib: cv2.optflow (TV-L1)
         "tqdm>=4.60",
+        "matplotlib>=3.7",  # actprep stats --html
     ],
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60"],

@@ -142,6 +142,8 @@ def make_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--output", default="actprep-demo", help="folder (default ./actprep-demo)")
     demo_p.set_defaults(func=cmd_demo)
     _add_flow_parser(sub)
+    from actprep.pipelines.stats import add_stats_parser
+    add_stats_parser(sub)
     _add_vggish_parser(sub)
     return parser
 

@@ -89,8 +89,8 @@ def _extract(entry: PlanEntry, opts: RunOptions, models: Models) -> dict[str, An
             if entry.label_index is not None:
                 writer.add(sample.member_name(entry.key, sample.CLS),
                            sample.cls_bytes(entry.label_index))
-            frames, pairs = _write_frames(writer, entry.key, local, info, (width, height), fps,
-                                          opts, models.flow)
+            frames, pairs, magnitude = _write_frames(writer, entry.key, local, info,
+                                                     (width, height), fps, opts, models.flow)
             audio = _write_audio(writer, entry.key, local, info, opts, models)
             duration = frames / fps if frames is not None else info.duration
             meta = sample.sample_metadata(
@@ -102,6 +102,8 @@ def _extract(entry: PlanEntry, opts: RunOptions, models: Models) -> dict[str, An
             writer.add(sample.member_name(entry.key, sample.JSON), sample.json_bytes(meta))
     return {"source_bytes": meta["source_bytes"], "duration": duration, "fps": fps,
             "frames": frames, "width": width, "height": height,
+            "source_width": info.width, "source_height": info.height,
+            "flow_magnitude": magnitude,
             "has_audio": info.has_audio, **audio,
             "flow_pairs": pairs, "flow_backend": models.flow.backend if models.flow else None,
             "members": writer.members, "sample_bytes": writer.bytes,
@@ -138,22 +140,25 @@ class _FrameTap:
 
 def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
                   size: tuple[int, int], fps: float, opts: RunOptions,
-                  engine: FlowEngine | None) -> tuple[int | None, int | None]:
-    """RGB and flow members from one streaming decode; returns (frames, flow pairs), None
-    for what was not extracted. Members go per frame N: ``rgb.N`` then flow N (N to N+1),
+                  engine: FlowEngine | None) -> tuple[int | None, int | None, float | None]:
+    """RGB and flow members from one streaming decode; returns (frames, flow pairs, mean
+    flow magnitude), None for what was not extracted. Members go per frame N: ``rgb.N``
+    then flow N (N to N+1),
     whatever the flow batch size, so equal options give equal bytes. At most a flow batch
     of frames is held at once."""
     want_rgb = "rgb" in opts.modalities
     if not want_rgb and engine is None:
-        return None, None
+        return None, None, None
     tap = _FrameTap(iter_frames(path, size, opts.fps, opts.decode_threads),
                     opts.jpeg_quality, want_rgb)
-    pairs = None
+    pairs, magnitude = None, None
     if engine is not None:
-        pairs = 0
+        pairs, total = 0, 0.0
         for pairs, flow in enumerate(engine.flows(tap), 1):
             tap.write_rgb(writer, key, upto=pairs)
             _write_flow(writer, key, pairs, flow, opts)
+            total += float(np.sqrt(np.square(flow, dtype=np.float32).sum(-1)).mean())
+        magnitude = round(total / pairs, 4) if pairs else None
     else:
         for _ in tap:
             tap.write_rgb(writer, key, upto=tap.count)
@@ -162,7 +167,7 @@ def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
     if pairs is not None and pairs != tap.count - 1:
         raise RuntimeError(f"flow: {pairs} flow fields for {tap.count} frames (expected "
                            f"{tap.count - 1})")
-    return tap.count, pairs
+    return tap.count, pairs, magnitude
 
 
 def _write_flow(writer: SampleWriter, key: str, number: int, flow: np.ndarray,
@@ -196,14 +201,19 @@ def _write_audio(writer: SampleWriter, key: str, path: str, info: MediaInfo,
         sinks[sample.MFCC] = (opts.mfcc.sample_rate, MfccStream(opts.mfcc))
     if models.vggish is not None:
         sinks[sample.VGGISH] = (SAMPLE_RATE, models.vggish.stream())
-    fields = {"audio_sample_rate": None, "mfcc_frames": None, "vggish_examples": None}
+    fields = {"audio_sample_rate": None, "mfcc_frames": None, "vggish_examples": None,
+              "audio_rms_dbfs": None}
     if not info.has_audio or not sinks:
         return fields
-    for rate in sorted({r for r, _ in sinks.values()}):
+    level = _Level()
+    for number, rate in enumerate(sorted({r for r, _ in sinks.values()})):
         streams = [s for r, s in sinks.values() if r == rate]
+        if number == 0:
+            streams.append(level)
         for chunk in iter_audio(path, rate, channels=info.audio_channels):
             for stream in streams:
                 stream.push(chunk)
+    fields["audio_rms_dbfs"] = level.dbfs()
     if sample.MFCC in sinks:
         try:
             features = sinks[sample.MFCC][1].finish()
@@ -220,6 +230,22 @@ def _write_audio(writer: SampleWriter, key: str, path: str, info: MediaInfo,
         fields["vggish_examples"] = int(embeddings.shape[0])
     fields["audio_sample_rate"] = next(iter(sinks.values()))[0]  # MFCC's when present
     return fields
+
+
+class _Level:
+    """RMS level of audio chunks, in dB relative to full scale (a full-scale sine: -3)."""
+
+    def __init__(self) -> None:
+        self.squares, self.count = 0.0, 0
+
+    def push(self, chunk: np.ndarray) -> None:
+        self.squares += float(np.square(chunk, dtype=np.float64).sum())
+        self.count += len(chunk)
+
+    def dbfs(self) -> float | None:
+        if not self.count:
+            return None
+        return round(10 * np.log10(max(self.squares / self.count, 1e-20)), 3)
 
 
 def _source_info(info: MediaInfo) -> dict[str, Any]:

@@ -8,11 +8,9 @@ import os
 import threading
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
-from actprep.pipelines import layout, storage
+from actprep.pipelines import layout
 from actprep.schemas.index import FAILED, read_index
 
 
@@ -82,21 +80,8 @@ def _listdir(path: str) -> list[str]:
 
 
 def summarize(output: str) -> dict[str, Any]:
-    """Totals over the committed index: the ground truth of what a run produced."""
-    files = [layout.shard_index(output, s) for s in sorted(layout.committed_shards(output))]
-    table = pa.concat_tables([read_index(pa.BufferReader(storage.read_bytes(f))) for f in files]) if files else None
-    if table is None or table.num_rows == 0:
-        return {"samples_ok": 0, "samples_failed": 0, "frames": 0, "failures": {}}
-    ok_mask = pc.equal(table.column("status"), "ok")
-    failed = table.filter(pc.invert(ok_mask))
-    reasons = collections.Counter(
-        f"{s}: {r}" for s, r in zip(failed.column("failure_stage").to_pylist(),
-                                    failed.column("failure_reason").to_pylist()))
-    return {
-        "samples_ok": int(pc.sum(ok_mask.cast("int64")).as_py() or 0),
-        "samples_failed": failed.num_rows,
-        "frames": int(pc.sum(table.column("frames")).as_py() or 0),
-        "hours": float(pc.sum(table.column("duration")).as_py() or 0) / 3600,
-        "shards": len(set(table.column("shard").to_pylist())),
-        "failures": dict(reasons.most_common()),
-    }
+    """Totals over the committed index (``actprep stats``' figures): the ground truth of
+    what a run produced."""
+    from actprep.pipelines.stats import compute, load_index
+
+    return compute(*load_index(output))

@@ -26,14 +26,18 @@ INDEX_SCHEMA = pa.schema([
     ("duration", pa.float64()),  # seconds of decoded video
     ("fps", pa.float64()),
     ("frames", pa.int32()),
-    ("width", pa.int32()),
+    ("width", pa.int32()),  # stored frame size
     ("height", pa.int32()),
+    ("source_width", pa.int32()),  # the video's display size as probed
+    ("source_height", pa.int32()),
     ("has_audio", pa.bool_()),
     ("audio_sample_rate", pa.int32()),
+    ("audio_rms_dbfs", pa.float32()),  # level of the decoded mono audio; null if not decoded
     ("mfcc_frames", pa.int32()),
     ("vggish_examples", pa.int32()),  # rows of KEY.vggish.npy; null without vggish or audio
     ("flow_pairs", pa.int32()),  # flow fields (frames - 1); null without flow
     ("flow_backend", pa.string()),  # "torch" or "opencv": what computed them
+    ("flow_magnitude", pa.float32()),  # mean |flow| in px (stored size) over all pairs
     ("members", pa.int32()),  # tar members of the sample
     ("sample_bytes", pa.int64()),  # bytes of the sample's members (data only)
     ("sample_sha256", pa.string()),  # over member names and data, in tar order

@@ -1,0 +1,125 @@
+"""``actprep stats``: figures of a real output, checked against what was generated."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pyarrow as pa
+import pytest
+
+from actprep.pipelines.stats import compute, failure_reason
+from actprep.pipelines.synth import make_garbage, make_video
+from actprep.schemas.index import INDEX_SCHEMA
+from conftest import LOCAL_BEAM
+
+# name, duration s, fps, audio, motion px/frame (x); labels: a a b b (garbage: b)
+VIDEOS = [("v0.mp4", 1.0, 10, 440.0, 1.0), ("v1.mp4", 2.0, 10, 440.0, 3.0),
+          ("v2.mp4", 1.5, 20, None, 2.0)]
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory, run_cli_module):
+    root = tmp_path_factory.mktemp("stats")
+    rows = ["path,label"]
+    for (name, duration, fps, audio, dx), label in zip(VIDEOS, "aab"):
+        make_video(str(root / name), duration=duration, fps=fps, size=(64, 48),
+                   audio_freq=audio, motion=(dx, 0.0))
+        rows.append(f"{name},{label}")
+    make_garbage(str(root / "bad.mp4"))
+    rows.append("bad.mp4,b")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("a\nb\nc\n")  # c: a class without samples
+    out = root / "out"
+    assert run_cli_module(["run", "--dataset", "generic", "--manifest", root / "list.csv",
+                           "--classes", root / "classes.txt", "--output", out,
+                           "--size", "64x48", "--modalities", "rgb,flow,mfcc",
+                           "--flow-backend", "opencv", "--shard-size", "2", "--no-progress",
+                           *LOCAL_BEAM]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_cli_module():
+    from actprep.pipelines.cli import main
+
+    def run(args):
+        try:
+            return main([str(a) for a in args])
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return run
+
+
+def _stats(run_cli, capsys, *args) -> dict:
+    capsys.readouterr()
+    assert run_cli(["stats", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_stats_json(output, run_cli, capsys):
+    s = _stats(run_cli, capsys, output)
+    assert s["samples_ok"] == 3 and s["samples_failed"] == 1 and s["shards"] == 2
+    tars = [f for f in os.listdir(output) if f.endswith(".tar")]
+    assert s["bytes"] == sum(os.path.getsize(output / f) for f in tars)
+    assert s["classes"] == {"a": 2, "b": 1, "c": 0}
+    assert s["classes_missing"] == ["c"]
+    (reason,) = s["failures"]
+    assert reason.startswith("probe: Invalid data found when processing input")
+    assert s["failures_by_stage"] == {"probe": 1}
+    assert s["frames"] == 10 + 20 + 30 and s["flow_pairs"] == 9 + 19 + 29
+    assert s["hours"] == pytest.approx(4.5 / 3600, abs=1e-4)
+    assert s["coverage"] == {"rgb": 1.0, "flow": 1.0, "mfcc": 0.6667, "vggish": 0.0,
+                             "audio": 0.6667}
+    assert s["duration"]["min"] == 1.0 and s["duration"]["max"] == 2.0
+    assert s["fps_values"] == {"10": 2, "20": 1}
+    assert s["stored_resolution"] == {"64x48": 3}
+    # the synthetic motions, 1, 3 and 2 px per frame, are what the flow summary sees
+    assert s["flow_magnitude"]["min"] == pytest.approx(1.0, abs=0.25)
+    assert s["flow_magnitude"]["max"] == pytest.approx(3.0, abs=0.5)
+    # ffmpeg's sine source: amplitude 1/8, so RMS 1/(8 sqrt 2) = -21.1 dBFS
+    assert s["audio_rms_dbfs"]["median"] == pytest.approx(-21.1, abs=0.3)
+    assert [r["ok"] + r["failed"] for r in s["shard_table"]] == [2, 2]
+    assert sum(s["histograms"]["duration"]["counts"]) == 3
+
+
+def test_stats_text_and_html(output, run_cli, capsys, tmp_path):
+    report = tmp_path / "report.html"
+    assert run_cli(["stats", output, "--html", report, "--min-class-samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "3 samples ok, 1 failed, 2 shards" in text
+    assert "classes missing: c (0)" in text and "classes under threshold: b (1)" in text
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 6
+    assert not re.search(r'(src|href)="(http|//)', page)  # self-contained
+    assert "Invalid data found when processing input" in page
+
+
+def test_stats_ignores_an_index_without_its_shard(output, run_cli, capsys, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    os.remove(copy / "shard-000001.tar")  # as if its commit were in progress
+    s = _stats(run_cli, capsys, copy)
+    assert s["shards"] == 1 and s["samples_ok"] + s["samples_failed"] == 2
+
+
+def test_stats_of_a_folder_that_is_no_output(run_cli, tmp_path, capsys):
+    assert run_cli(["stats", tmp_path]) == 2
+    assert "not an actprep output" in capsys.readouterr().err
+
+
+def test_failure_reasons_group_without_paths():
+    assert failure_reason("probe", "/data/x/abc.mp4: Invalid data", "/data/x/abc.mp4") == \
+        "probe: <video>: Invalid data"
+    assert failure_reason("fetch", "file not found: gs://b/v/q.webm", "gs://b/v/q.webm") == \
+        "fetch: file not found: <video>"
+
+
+def test_compute_on_an_empty_index():
+    s = compute(INDEX_SCHEMA.empty_table(), {})
+    assert s["samples_ok"] == 0 and s["shards"] == 0 and s["duration"] is None
+    assert s["classes"] == {} and s["histograms"]["duration"] is None
+    table = pa.Table.from_pylist([], schema=INDEX_SCHEMA)
+    assert compute(table, {})["coverage"]["rgb"] == 0.0
