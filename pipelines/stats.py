@@ -22,20 +22,29 @@ from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
+# what the figures use: reading and filtering only these is 2x faster than the whole index
+COLUMNS = ["shard", "status", "label", "failure_stage", "failure_reason", "source_path",
+           "duration", "fps", "frames", "width", "height", "source_width", "source_height",
+           "has_audio", "mfcc_frames", "vggish_examples", "flow_pairs", "flow_magnitude",
+           "audio_rms_dbfs"]
 
 
-def load_index(output: str, workers: int = 16) -> tuple[pa.Table, dict[str, int]]:
-    """The rows of every committed shard, and each committed shard tar's size in bytes."""
+def load_index(output: str, workers: int = 16, columns: list[str] | None = COLUMNS
+               ) -> tuple[pa.Table, dict[str, int]]:
+    """The rows of every committed shard (``columns`` of them; None: all), and each
+    committed shard tar's size in bytes."""
     found = storage.FileSystems.match([storage.join(output, "shard-*.tar")])[0].metadata_list
     sizes = {m.path.rsplit("/", 1)[-1][:-len(".tar")]: m.size_in_bytes for m in found
              if m.path.rsplit("/", 1)[-1][len("shard-"):-len(".tar")].isdigit()}
     paths = [storage.join(output, layout.INDEX_DIR, f"{name}.parquet") for name in sorted(sizes)]
 
     def read(path: str) -> pa.Table:
-        return read_index(pa.BufferReader(storage.read_bytes(path)))
+        return read_index(pa.BufferReader(storage.read_bytes(path)), columns)
     with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
         tables = list(pool.map(read, paths))
-    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    empty = INDEX_SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else (
+        empty.select(columns) if columns else empty)
     return table, sizes
 
 
@@ -99,6 +108,7 @@ def _classes(ok: pa.Table, labels: LabelMap | None, minimum: int | None) -> dict
 def compute(table: pa.Table, shard_bytes: dict[str, int], labels: LabelMap | None = None,
             min_class_samples: int | None = None) -> dict[str, Any]:
     """Every figure of the report as plain JSON-able values."""
+    table = table.select(COLUMNS)
     ok_mask = pc.equal(table["status"], OK)
     ok, failed = table.filter(ok_mask), table.filter(pc.invert(ok_mask))
     failures = collections.Counter(

@@ -62,5 +62,6 @@ def write_index(rows: Iterable[dict[str, Any]], sink: Any) -> None:
                    store_schema=True)
 
 
-def read_index(source: Any) -> pa.Table:
-    return pq.read_table(source, schema=INDEX_SCHEMA)
+def read_index(source: Any, columns: list[str] | None = None) -> pa.Table:
+    """An index file in the index schema (only ``columns`` when given)."""
+    return pq.read_table(source, schema=INDEX_SCHEMA, columns=columns)
