@@ -234,6 +234,8 @@ class ActprepDataset(IterableDataset):
                                  "single-frame video)")
             numbers = self._numbers(flows, self.new_length, rng)
             bound = (meta.get("params", {}).get("flow") or {}).get("bound")
+            if bound is None and flow_raw_suffix(1) not in sample:
+                raise ValueError(f"sample {key}: no params.flow.bound in its metadata")
             out["flow"] = decode_flow(sample, numbers, bound)
             out["flow_indices"] = torch.from_numpy(numbers)
         if "audio" in self.modalities:
