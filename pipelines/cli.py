@@ -144,6 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_flow_parser(sub)
     from actprep.pipelines.stats import add_stats_parser
     add_stats_parser(sub)
+    from actprep.pipelines.verify import add_verify_parser
+    add_verify_parser(sub)
     _add_vggish_parser(sub)
     return parser
 
