@@ -35,8 +35,14 @@ def result_path(output: str, shard: int, line: int) -> str:
     return join(work_dir(output, shard), f"{line:09d}.result.json")
 
 
+def shard_tars(output: str) -> dict[int, int]:
+    """Shard number -> size in bytes of every shard tar in ``output`` (committed shards)."""
+    found = FileSystems.match([join(output, "shard-*.tar")])[0].metadata_list
+    sizes = {posixpath.basename(m.path)[len("shard-"):-len(".tar")]: m.size_in_bytes
+             for m in found}
+    return {int(n): size for n, size in sizes.items() if n.isdigit()}
+
+
 def committed_shards(output: str) -> frozenset[int]:
     """Shards whose tar exists: complete by construction, skipped by reruns."""
-    found = FileSystems.match([join(output, "shard-*.tar")])[0].metadata_list
-    numbers = (posixpath.basename(m.path)[len("shard-"):-len(".tar")] for m in found)
-    return frozenset(int(n) for n in numbers if n.isdigit())
+    return frozenset(shard_tars(output))

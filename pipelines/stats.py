@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from actprep.pipelines import layout, storage
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
+from actprep.schemas.plan import shard_name
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 # what the figures use: reading and filtering only these is 2x faster than the whole index
@@ -33,10 +34,9 @@ def load_index(output: str, workers: int = 16, columns: list[str] | None = COLUM
                ) -> tuple[pa.Table, dict[str, int]]:
     """The rows of every committed shard (``columns`` of them; None: all), and each
     committed shard tar's size in bytes."""
-    found = storage.FileSystems.match([storage.join(output, "shard-*.tar")])[0].metadata_list
-    sizes = {m.path.rsplit("/", 1)[-1][:-len(".tar")]: m.size_in_bytes for m in found
-             if m.path.rsplit("/", 1)[-1][len("shard-"):-len(".tar")].isdigit()}
-    paths = [storage.join(output, layout.INDEX_DIR, f"{name}.parquet") for name in sorted(sizes)]
+    tars = layout.shard_tars(output)
+    sizes = {shard_name(n): size for n, size in sorted(tars.items())}
+    paths = [layout.shard_index(output, n) for n in sorted(tars)]
 
     def read(path: str) -> pa.Table:
         return read_index(pa.BufferReader(storage.read_bytes(path)), columns)

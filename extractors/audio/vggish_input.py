@@ -26,6 +26,9 @@ MEL_MAX_HZ = 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96   # 0.96 s
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP
+# the network's shapes, shared by the torch and TensorFlow code and the postprocessing
+EMBEDDING_SIZE = 128
+FLAT_FEATURES = 512 * (EXAMPLE_FRAMES // 16) * (MEL_BANDS // 16)  # 12288 after four 2x2 pools
 
 
 def hop_frames(hop_seconds: float) -> int:
@@ -78,15 +81,6 @@ class Windower:
         starts = np.arange(count) * self.hop
         self._buf = buf[count * self.hop:]
         return buf[starts[:, None] + np.arange(self.length)]
-
-
-def iter_windows(chunks: Iterable[np.ndarray], length: int, hop: int) -> Iterator[np.ndarray]:
-    """The non-empty window batches of ``Windower`` over ``chunks``."""
-    windower = Windower(length, hop)
-    for chunk in chunks:
-        windows = windower.push(chunk)
-        if len(windows):
-            yield windows
 
 
 class ExampleStream:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actprep.extractors.audio.vggish_input import EMBEDDING_SIZE
+
 EIGEN_VECTORS = "pca_eigen_vectors"
 MEANS = "pca_means"
 QUANT_MIN, QUANT_MAX = -2.0, 2.0
-SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,18 @@ class PcaParams:
     def from_arrays(cls, eigen_vectors, means, source: str) -> PcaParams:
         vectors = np.asarray(eigen_vectors, np.float32)
         means = np.asarray(means, np.float32)
-        if vectors.shape != (SIZE, SIZE) or means.size != SIZE:
+        if vectors.shape != (EMBEDDING_SIZE, EMBEDDING_SIZE) or means.size != EMBEDDING_SIZE:
             raise ValueError(f"VGGish PCA {source}: expected {EIGEN_VECTORS} [128, 128] and "
                              f"{MEANS} [128] (or [128, 1]), got {vectors.shape} and "
                              f"{means.shape}")
-        return cls(vectors, means.reshape(SIZE))
+        return cls(vectors, means.reshape(EMBEDDING_SIZE))
 
 
 def postprocess(embeddings: np.ndarray, pca: PcaParams) -> np.ndarray:
     """uint8 [n, 128] from float [n, 128] raw embeddings (float32 math, as the reference)."""
     emb = np.asarray(embeddings, np.float32)
-    if emb.ndim != 2 or emb.shape[1] != SIZE:
-        raise ValueError(f"expected embeddings [n, {SIZE}], got {emb.shape}")
+    if emb.ndim != 2 or emb.shape[1] != EMBEDDING_SIZE:
+        raise ValueError(f"expected embeddings [n, {EMBEDDING_SIZE}], got {emb.shape}")
     projected = (pca.eigen_vectors @ (emb.T - pca.means[:, None])).T
     clipped = np.clip(projected, QUANT_MIN, QUANT_MAX)
     return ((clipped - QUANT_MIN) * (255.0 / (QUANT_MAX - QUANT_MIN))).astype(np.uint8)

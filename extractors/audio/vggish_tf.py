@@ -21,11 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from actprep.extractors.audio.vggish_input import (
-    EXAMPLE_FRAMES, FFT, HOP, LOG_OFFSET, MEL_BANDS, WINDOW, mel_matrix)
+    EMBEDDING_SIZE, EXAMPLE_FRAMES, FFT, FLAT_FEATURES, HOP, LOG_OFFSET, MEL_BANDS, WINDOW,
+    mel_matrix)
 
-EMBEDDING_SIZE = 128
 EXAMPLE_SAMPLES = EXAMPLE_FRAMES * HOP  # 15360: examples start every 0.96 s of samples
-_FLAT = 512 * (EXAMPLE_FRAMES // 16) * (MEL_BANDS // 16)  # 12288
 
 # The one name table, used in both directions: TF-Slim scope in the official checkpoint,
 # module prefix in the PyTorch port, TF kernel shape (conv HWIO, dense [in, out]). Each
@@ -37,7 +36,7 @@ LAYERS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("vggish/conv3/conv3_2", "features.8", (3, 3, 256, 256)),
     ("vggish/conv4/conv4_1", "features.11", (3, 3, 256, 512)),
     ("vggish/conv4/conv4_2", "features.13", (3, 3, 512, 512)),
-    ("vggish/fc1/fc1_1", "embeddings.0", (_FLAT, 4096)),
+    ("vggish/fc1/fc1_1", "embeddings.0", (FLAT_FEATURES, 4096)),
     ("vggish/fc1/fc1_2", "embeddings.2", (4096, 4096)),
     ("vggish/fc2", "embeddings.4", (4096, EMBEDDING_SIZE)),
 )
@@ -205,7 +204,7 @@ class VggishModule(tf.Module):
             x = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias))
             if pool:
                 x = tf.nn.max_pool2d(x, 2, 2, "SAME")
-        x = tf.reshape(x, [-1, _FLAT])  # NHWC order, as slim.flatten
+        x = tf.reshape(x, [-1, FLAT_FEATURES])  # NHWC order, as slim.flatten
         for i, (kernel, bias) in enumerate(self.dense):
             x = tf.matmul(x, kernel) + bias
             if i < len(self.dense) - 1:

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from actprep.extractors.audio.vggish_input import EXAMPLE_FRAMES, MEL_BANDS, ExampleStream
+from actprep.extractors.audio.vggish_input import (
+    EMBEDDING_SIZE, EXAMPLE_FRAMES, FLAT_FEATURES, MEL_BANDS, ExampleStream)
 
-EMBEDDING_SIZE = 128
 _CONVS = ((1, 64), "M", (64, 128), "M", (128, 256), (256, 256), "M", (256, 512), (512, 512), "M")
-_FLAT = 512 * (EXAMPLE_FRAMES // 16) * (MEL_BANDS // 16)  # 12288 after four 2x2 pools
 
 
 class VGGish(nn.Module):
@@ -35,7 +34,7 @@ class VGGish(nn.Module):
                 layers += [nn.Conv2d(spec[0], spec[1], 3, padding=1), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.embeddings = nn.Sequential(
-            nn.Linear(_FLAT, 4096), nn.ReLU(inplace=True),
+            nn.Linear(FLAT_FEATURES, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, EMBEDDING_SIZE))
 
