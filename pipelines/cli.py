@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -12,10 +13,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from actprep.schemas.version import ACTPREP_VERSION
 
 
+@functools.cache
+def beam_option_names() -> frozenset[str]:
+    """Every option name Beam's pipeline options accept, without the dashes: destinations
+    and option strings, so aliases and negations (``--worker_machine_type``,
+    ``--no_use_public_ips``) count as well as ``--machine_type``."""
+    parsers: list[argparse.ArgumentParser] = []
+    known = PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    names = {s[2:] for action in parsers[0]._actions  # noqa: SLF001
+             for s in action.option_strings if s.startswith("--")}
+    return frozenset(names | set(known))
+
+
 def _check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
     """Beam options pass through untouched, but a misspelt actprep option must not be
     silently handed to Beam (which would discard it)."""
-    known = PipelineOptions(beam_args).get_all_options(retain_unknown_options=False)
+    known = beam_option_names()
     for arg in beam_args:
         if arg.startswith("--"):
             name = arg[2:].split("=", 1)[0]
