@@ -114,11 +114,14 @@ def _positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
         return value
+    parse.kind = kind  # read by the Flex Template metadata (pipelines/flex.py)
     return parse
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="manifest kind: kinetics (Kinetics-400/600/700 annotation CSV), "
+                        "mit (Moments in Time CSV) or generic (CSV/JSONL of path,label[,split])")
     parser.add_argument("--manifest", required=True,
                         help="Kinetics CSV, Moments in Time CSV, or generic CSV/JSONL")
     parser.add_argument("--video-root", help="folder holding the videos (local or gs://)")
@@ -137,7 +140,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=_positive(int), default=100,
                         help="samples per shard (default 100)")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
-                        choices=range(1, 101), metavar="1..100")
+                        choices=range(1, 101), metavar="1..100",
+                        help=f"JPEG quality of the RGB and flow frames, 1..100 (default "
+                        f"{DEFAULT_JPEG_QUALITY})")
     parser.add_argument("--decode-threads", type=int, default=1,
                         help="ffmpeg decoder threads per video (default 1: videos already "
                         "decode in parallel, one per worker; 0 lets ffmpeg decide)")

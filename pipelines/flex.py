@@ -1,0 +1,313 @@
+"""The Dataflow Flex Template of ``actprep run``.
+
+Two halves, both derived from the real ``actprep run`` argument parser
+(:func:`actprep.pipelines.options.add_run_arguments`), so the template cannot drift from the
+command line:
+
+* :func:`template_metadata` builds the template's ``metadata.json``: one parameter per run
+  option, named like the option with underscores (``--video-root`` -> ``video_root``), with
+  the option's help text, ``isOptional`` from ``required``, and regexes where the value has a
+  fixed shape (choices, numbers, booleans, WxH, modalities, gs:// paths).
+  ``python -m actprep.pipelines.flex --metadata`` prints it; the committed
+  ``deploy/flex-template/metadata.json`` is checked against it by the tests.
+* :func:`run_arguments` turns what the Flex Template launcher passes to the program
+  (``--name=value`` for every template parameter given, plus Beam/Dataflow options such as
+  ``--project``, ``--region``, ``--temp_location``, ``--sdk_container_image``) back into an
+  ``actprep run`` command line: parameter names become the option strings again, booleans
+  given as ``--flow_raw=true`` become the flag (or nothing), and every other ``--name``
+  passes through to Beam untouched, where actprep's CLI still rejects a name that is neither
+  an actprep nor a Beam option.
+
+:func:`main` (``deploy/flex_main.py``, the ``FLEX_TEMPLATE_PYTHON_PY_FILE`` of the image) runs
+``actprep -v run ...`` with template defaults: the DataflowRunner unless a runner is given,
+and no progress display unless ``no_progress=false`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from actprep.pipelines.options import _bool, _modalities, _size, add_run_arguments
+
+TEMPLATE_NAME = "actprep"
+TEMPLATE_DESCRIPTION = (
+    "Action-recognition videos (Kinetics, Moments in Time or any labelled list) to "
+    "training-ready WebDataset shards: RGB frames, TV-L1 optical flow (on the workers' GPUs), "
+    "MFCC and VGGish audio features, labels and a Parquet index of every video. Every "
+    "parameter is an option of 'actprep run' (underscores for dashes); rerunning a job with "
+    "the same parameters resumes it.")
+
+# the words a boolean parameter accepts, as options._bool does (case-insensitive)
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+# Paths the launcher and the workers read or write: on Dataflow they must be in Cloud Storage
+# (a local path would name a file on one VM). --vggish-hub may also be a tfhub.dev address.
+GCS_PATHS = {
+    "manifest": "GCS_READ_FILE",
+    "video_root": "GCS_READ_FOLDER",
+    "output": "GCS_WRITE_FOLDER",
+    "classes": "GCS_READ_FILE",
+    "vggish_weights": "GCS_READ_FILE",
+    "vggish_pca": "GCS_READ_FILE",
+}
+GCS_REGEX = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/.*)?$"
+
+INT_REGEX = r"^[-+]?[0-9]+$"
+POSITIVE_INT_REGEX = r"^[+]?0*[1-9][0-9]*$"
+FLOAT_REGEX = r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
+SIZE_REGEX = r"^[0-9]+[xX][0-9]+$"
+
+
+class FlexArgumentError(ValueError):
+    """A template parameter the launcher passed cannot become an ``actprep run`` option."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One template parameter and the ``actprep run`` option it stands for."""
+
+    name: str  # template name: video_root
+    option: str  # actprep option string: --video-root
+    action: argparse.Action
+
+    @property
+    def is_flag(self) -> bool:
+        """A switch without a value (--flow-raw, --no-progress): true or false in a template."""
+        return self.action.nargs == 0
+
+    @property
+    def required(self) -> bool:
+        return bool(self.action.required)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """A parser holding exactly the options of ``actprep run``."""
+    parser = argparse.ArgumentParser(prog="actprep run", add_help=False)
+    add_run_arguments(parser)
+    return parser
+
+
+def template_name(option: str) -> str:
+    """``--video-root`` -> ``video_root``."""
+    return option.lstrip("-").replace("-", "_")
+
+
+def parameters(parser: argparse.ArgumentParser | None = None) -> dict[str, Parameter]:
+    """The template parameters by name, in the parser's order."""
+    parser = parser or run_parser()
+    found: dict[str, Parameter] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its options here only
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if not longs or isinstance(action, argparse._HelpAction):  # noqa: SLF001
+            continue  # (run_parser has no --help; a parser passed in may)
+        name = template_name(longs[0])
+        if name in found:
+            raise ValueError(f"two run options map to the template parameter {name}")
+        found[name] = Parameter(name, longs[0], action)
+    return found
+
+
+# ---------------------------------------------------------------------------------- metadata
+
+_LABEL_WORDS = {"vggish": "VGGish", "fps": "FPS", "jpeg": "JPEG", "pca": "PCA"}
+
+
+def _label(name: str) -> str:
+    """``video_root`` -> "Video root"; MFCC options keep librosa's parameter name."""
+    if name.startswith("mfcc_"):
+        return "MFCC " + name[len("mfcc_"):]
+    text = " ".join(_LABEL_WORDS.get(w, w) for w in name.split("_"))
+    return text[0].upper() + text[1:]
+
+
+def _help(param: Parameter) -> str:
+    """The option's own help text (argparse's %-placeholders expanded); an option without
+    one is described by its choices and default."""
+    action = param.action
+    text = action.help or ""
+    if "%(" in text:
+        values = dict(vars(action), prog="actprep run")
+        if action.choices is not None:
+            values["choices"] = ", ".join(map(str, action.choices))
+        text = text % values
+    if not text:
+        if action.choices is not None and not isinstance(action.choices, range):
+            text = "one of " + ", ".join(map(str, action.choices))
+        else:
+            text = param.option
+        if action.default is not None:
+            text += f" (default {action.default})"
+    return text
+
+
+def _number_kind(kind) -> type | None:
+    """int or float for a numeric argparse type: the type itself, or the ``kind`` that
+    options._positive records on its parser."""
+    kind = getattr(kind, "kind", kind)
+    return kind if kind in (int, float) else None
+
+
+def _alternatives(words) -> str:
+    return "^(" + "|".join(re.escape(str(w)) for w in words) + ")$"
+
+
+def _bool_regex() -> str:
+    words = []
+    for word in TRUE_WORDS + FALSE_WORDS:
+        words += dict.fromkeys([word, word.capitalize(), word.upper()])
+    return _alternatives(words)
+
+
+def _shape(param: Parameter) -> tuple[str, list[str], list[dict]]:
+    """(paramType, regexes, enumOptions) of a parameter."""
+    action, kind = param.action, param.action.type
+    if param.is_flag or kind is _bool:
+        # a flag's default is false; --mfcc-center's is true, so it stays TEXT (the console
+        # would otherwise offer false as the prefilled value)
+        return ("BOOLEAN" if param.is_flag else "TEXT"), [_bool_regex()], []
+    if param.name in GCS_PATHS:
+        return GCS_PATHS[param.name], [GCS_REGEX], []
+    choices = action.choices
+    if choices is not None and not isinstance(choices, range):
+        # the default first: a console that preselects the first option keeps the default
+        ordered = sorted(choices, key=lambda c: c != action.default)
+        return "ENUM", [_alternatives(ordered)], [{"value": str(c), "label": str(c)}
+                                                  for c in ordered]
+    if kind is _modalities:
+        from actprep.pipelines.options import MODALITIES
+        one = "(" + "|".join(MODALITIES) + ")"
+        return "TEXT", [rf"^ *{one}( *, *{one})* *$"], []
+    if kind is _size:
+        return "TEXT", [SIZE_REGEX], []
+    number = _number_kind(kind)
+    if number is int:
+        # numbers stay TEXT: a console prefilling 0 into an empty NUMBER field would change
+        # the run; the regex still checks the shape
+        positive = kind is not int  # options._positive(int)
+        return "TEXT", [POSITIVE_INT_REGEX if positive else INT_REGEX], []
+    if number is float:
+        return "TEXT", [FLOAT_REGEX], []
+    return "TEXT", [], []
+
+
+def parameter_metadata(param: Parameter) -> dict:
+    param_type, regexes, enum_options = _shape(param)
+    entry = {"name": param.name, "label": _label(param.name), "helpText": _help(param),
+             "isOptional": not param.required, "paramType": param_type}
+    if regexes:
+        entry["regexes"] = regexes
+    if enum_options:
+        entry["enumOptions"] = enum_options
+    return entry
+
+
+def template_metadata() -> dict:
+    """The Flex Template metadata (``gcloud dataflow flex-template build --metadata-file``)."""
+    return {"name": TEMPLATE_NAME, "description": TEMPLATE_DESCRIPTION,
+            "parameters": [parameter_metadata(p) for p in parameters().values()]}
+
+
+def metadata_json() -> str:
+    return json.dumps(template_metadata(), indent=2, ensure_ascii=False) + "\n"
+
+
+# ------------------------------------------------------------------------------ launch args
+
+def parse_bool(name: str, value: str) -> bool:
+    """A boolean template parameter's value; the error names the parameter."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise FlexArgumentError(f"template parameter {name}: expected true or false, got {value!r}")
+
+
+def run_arguments(argv: list[str]) -> list[str]:
+    """The ``actprep run`` arguments for what the Flex Template launcher passed: template
+    parameters become actprep options, everything else passes through to Beam in order.
+
+    An empty value of an optional parameter counts as not given (a console form sends empty
+    fields); a flag without a value (``--flow_raw``) means true."""
+    params = parameters()
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            out.append(arg)
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        param = params.get(name.replace("-", "_"))
+        if param is None:  # a Beam or Dataflow option, checked by the CLI
+            out.append(arg)
+            continue
+        if param.is_flag:
+            if parse_bool(param.name, value if has_value else "true"):
+                out.append(param.option)
+            continue
+        if not has_value:  # --name value
+            if i >= len(args) or args[i].startswith("--"):
+                raise FlexArgumentError(f"template parameter {param.name}: no value given")
+            value = args[i]
+            i += 1
+        if value == "" and not param.required:
+            continue
+        out.append(f"{param.option}={value}")
+    return out
+
+
+def _given(argv: list[str], name: str) -> bool:
+    return any(a[2:].partition("=")[0].replace("-", "_") == name
+               for a in argv if a.startswith("--"))
+
+
+def launch_arguments(argv: list[str]) -> list[str]:
+    """The whole ``actprep`` command line a template launch runs: ``-v run`` (Beam's job
+    submission messages go to the launcher's log), the translated arguments, then the
+    template defaults: the DataflowRunner unless a runner is given, and ``--no-progress``
+    unless the ``no_progress`` parameter is given."""
+    args = run_arguments(argv)
+    if not _given(argv, "runner"):
+        args.append("--runner=DataflowRunner")
+    if not _given(argv, "no_progress"):
+        args.append("--no-progress")
+    return ["-v", "run", *args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--metadata"]:
+        sys.stdout.write(metadata_json())
+        return 0
+    try:
+        command = launch_arguments(argv)
+    except FlexArgumentError as exc:
+        print(f"actprep flex template: error: {exc}", file=sys.stderr)
+        return 2
+    from actprep.pipelines import cli
+
+    print("actprep flex template: actprep " + " ".join(command), file=sys.stderr, flush=True)
+    return cli.main(command)
+
+
+def entry() -> None:
+    """Entry of the template's Python file: ends the process like the console script does
+    (see :func:`actprep.pipelines.cli.entry`)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    entry()
