@@ -24,8 +24,15 @@ def exists(path: str) -> bool:
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read()
+    """The whole file. A missing file raises FileNotFoundError naming it, whichever the
+    filesystem (GCS only notices at the first read, with its own exception)."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            return f.read()
+    except Exception:
+        if not exists(path):
+            raise FileNotFoundError(f"{path}: file not found") from None
+        raise
 
 
 def read_text(path: str) -> str:
@@ -93,8 +100,10 @@ def list_files(root: str) -> list[str]:
             rel = os.path.relpath(dirpath, root)
             out += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in filenames]
         return out
-    result = FileSystems.match([root + "/**"])[0]
-    return [m.path[len(root) + 1:] for m in result.metadata_list]
+    found = [m.path[len(root) + 1:] for m in FileSystems.match([root + "/**"])[0].metadata_list]
+    if not found:  # an object store has no empty folders: a mistyped root
+        raise FileNotFoundError(f"video root {root}: no files under it")
+    return found
 
 
 def files_in(folder: str) -> list[str]:
