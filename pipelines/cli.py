@@ -43,9 +43,10 @@ def _local_defaults(beam_args: list[str]) -> list[str]:
     own process, JPEG encoding, librosa's numpy) runs outside the GIL, and one process
     imports the libraries once (a 2-core machine: 12-clip job 9.9 s with threads against
     13-14 s with processes; see docs/BENCHMARKS.md)."""
+    from actprep.pipelines.job import runs_locally
+
     names = {a[2:].split("=", 1)[0] for a in beam_args if a.startswith("--")}
-    runner = PipelineOptions(beam_args).get_all_options().get("runner")
-    if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
+    if not runs_locally(beam_args):
         return beam_args
     extra = []
     if "direct_num_workers" not in names:

@@ -16,6 +16,8 @@ from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import Models, make_flow_engine, make_vggish
 from actprep.pipelines.process import load_result, process_entry
 from actprep.pipelines.retry import retryable
+from actprep.pipelines.runlock import worker_heartbeat
+from actprep.pipelines.stageclock import STAGES, StageClock
 from actprep.schemas.index import OK
 from actprep.schemas.plan import PlanEntry
 
@@ -36,6 +38,9 @@ class ProcessVideos(beam.DoFn):
         self.frames = Metrics.counter(NAMESPACE, "frames")
         self.flows = Metrics.counter(NAMESPACE, "flow_pairs")
         self.vggish_examples = Metrics.counter(NAMESPACE, "vggish_examples")
+        # milliseconds spent in each stage, summed over videos and workers
+        self.stage_ms = {name: Metrics.counter(NAMESPACE, f"{name}_ms") for name in STAGES}
+        self.video_ms = Metrics.distribution(NAMESPACE, "video_ms")
         self.shared = Shared()
         self.models = None
 
@@ -47,8 +52,10 @@ class ProcessVideos(beam.DoFn):
         if "vggish" in self.opts.modalities:
             vggish = self.shared.acquire(lambda: make_vggish(self.opts), tag="vggish")
         self.models = Models(flow=make_flow_engine(self.opts), vggish=vggish)
+        log.info("actprep worker ready: %s", self.models.ran() or "no models")
 
     def process(self, entry: PlanEntry) -> Iterator[tuple[int, dict]]:
+        worker_heartbeat(self.opts.output, self.opts.lock_token)
         result = load_result(self.opts, entry)
         attempts = 1
         if result is not None and self.opts.retry_failed and retryable(result):
@@ -57,7 +64,11 @@ class ProcessVideos(beam.DoFn):
             self.reused.inc()
         else:
             self.processed.inc()
-            result = process_entry(entry, self.opts, self.models, attempts)
+            clock = StageClock()
+            result = process_entry(entry, self.opts, self.models, attempts, clock)
+            for name, seconds in clock.seconds.items():
+                self.stage_ms[name].inc(int(seconds * 1000))
+            self.video_ms.update(int(sum(clock.seconds.values()) * 1000))
             self.frames.inc(result.get("frames") or 0)
             self.flows.inc(result.get("flow_pairs") or 0)
             self.vggish_examples.inc(result.get("vggish_examples") or 0)
@@ -74,6 +85,7 @@ class CommitShards(beam.DoFn):
 
     def process(self, element: tuple[int, Iterable[dict]]) -> Iterator[dict]:
         shard, results = element
+        worker_heartbeat(self.opts.output, self.opts.lock_token)
         summary = commit_shard(self.opts, shard, results)
         self.shards.inc()
         yield summary
@@ -89,6 +101,16 @@ def build(pipeline: beam.Pipeline, opts: RunOptions, skip: frozenset[int]) -> No
      | "Process" >> beam.ParDo(ProcessVideos(opts))
      | "ByShard" >> beam.GroupByKey()
      | "Commit" >> beam.ParDo(CommitShards(opts)))
+
+
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner",
+                 "SwitchingDirectRunner", "PrismRunner", "prism")
+
+
+def runs_locally(beam_args: list[str]) -> bool:
+    """Whether these Beam options run the job inside this process (and its children), as
+    opposed to a service (Dataflow) where the job outlives the launcher."""
+    return PipelineOptions(beam_args).get_all_options().get("runner") in LOCAL_RUNNERS
 
 
 def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int]):

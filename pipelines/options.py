@@ -16,7 +16,8 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # options that change how a run goes, not what its output means: a rerun may change them
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
-             "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed")
+             "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed",
+             "lock_token")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -54,6 +55,7 @@ class RunOptions:
     vggish_batch_size: int = 64
     retry_failed: bool = False
     progress: bool = True
+    lock_token: str | None = None  # set by the runner: whose run.lock the workers refresh
 
     def flow_params(self) -> dict:
         """Flow settings that shape the output: preset name, its TV-L1 parameters, the

@@ -3,6 +3,7 @@ fragment, and return its index row. Plain Python: the Beam wrapper lives in job.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 from typing import Any, Iterator
@@ -23,6 +24,7 @@ from actprep.pipelines.crashpoints import crash_point
 from actprep.pipelines.fragment import SampleWriter, sample_writer
 from actprep.pipelines.models import Models, load_models
 from actprep.pipelines.options import RunOptions
+from actprep.pipelines.stageclock import NoClock, StageClock
 from actprep.schemas import sample
 from actprep.schemas.index import FAILED, OK
 from actprep.schemas.plan import PlanEntry, shard_name
@@ -45,26 +47,30 @@ def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
 
 
 def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = None,
-                  attempts: int = 1) -> dict[str, Any]:
+                  attempts: int = 1, clock: StageClock | None = None) -> dict[str, Any]:
     """Processes one video and checkpoints it (fragment, then result record). Any
     failure becomes a recorded result with its stage and reason. ``models``: from
     ``load_models``, built once per worker; loaded here when none are given.
-    ``attempts``: which processing of this video this is (recorded)."""
+    ``attempts``: which processing of this video this is (recorded). ``clock``, when
+    given, is charged the time of each stage (not recorded: timings vary run to run)."""
+    clock = clock or NoClock()
     if entry.error:
         result = failed(entry, "manifest", entry.error)
     else:
         try:
             if models is None:
                 models = load_models(opts)
-            result = {**base_row(entry), "status": OK, **_extract(entry, opts, models)}
+            result = {**base_row(entry), "status": OK,
+                      **_extract(entry, opts, models, clock)}
         except MediaError as exc:
             result = failed(entry, exc.stage, exc.reason)
         except Exception as exc:  # a bug or an environment problem: still recorded
             result = failed(entry, "internal", f"{type(exc).__name__}: {exc}")
     result["attempts"] = attempts
     crash_point("process:fragment")
-    storage.write_atomic(layout.result_path(opts.output, entry.shard, entry.line),
-                         json.dumps(result, sort_keys=True).encode())
+    with clock.stage("write"):
+        storage.write_atomic(layout.result_path(opts.output, entry.shard, entry.line),
+                             json.dumps(result, sort_keys=True).encode())
     crash_point("process:result")
     return result
 
@@ -77,21 +83,28 @@ def _fetch(path: str | None):
     return storage.local_copy(path)
 
 
-def _extract(entry: PlanEntry, opts: RunOptions, models: Models) -> dict[str, Any]:
-    with _fetch(entry.path) as local:
-        info = probe(local)
+def _extract(entry: PlanEntry, opts: RunOptions, models: Models,
+             clock: StageClock) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        with clock.stage("fetch"):
+            local = stack.enter_context(_fetch(entry.path))
+        with clock.stage("probe"):
+            info = probe(local)
         width, height = output_size(info.width, info.height, opts.short_side, opts.size)
         fps = opts.fps or info.fps
         if fps is None:
             raise MediaError("probe", "the video's frame rate is unknown; pass --fps")
         frag = layout.fragment_path(opts.output, entry.shard, entry.line)
-        with storage.atomic_writer(frag) as stream, sample_writer(stream) as writer:
+        # what no nested stage claims (tar members, the fragment's upload) is "write"
+        with clock.stage("write"), storage.atomic_writer(frag) as stream, \
+                sample_writer(stream) as writer:
             if entry.label_index is not None:
                 writer.add(sample.member_name(entry.key, sample.CLS),
                            sample.cls_bytes(entry.label_index))
             frames, pairs, magnitude = _write_frames(writer, entry.key, local, info,
-                                                     (width, height), fps, opts, models.flow)
-            audio = _write_audio(writer, entry.key, local, info, opts, models)
+                                                     (width, height), fps, opts, models.flow,
+                                                     clock)
+            audio = _write_audio(writer, entry.key, local, info, opts, models, clock)
             duration = frames / fps if frames is not None else info.duration
             meta = sample.sample_metadata(
                 key=entry.key, dataset=entry.dataset, split=entry.split, label=entry.label,
@@ -114,8 +127,10 @@ class _FrameTap:
     """Passes decoded frames on unchanged, counting them and queueing their RGB JPEGs
     (None when rgb is off) until the caller writes them, so RGB and flow share one decode."""
 
-    def __init__(self, frames: Iterator[np.ndarray], quality: int, keep_rgb: bool):
-        self._frames = frames
+    def __init__(self, frames: Iterator[np.ndarray], quality: int, keep_rgb: bool,
+                 clock: StageClock):
+        self._frames = clock.iterate(frames, "decode")
+        self._clock = clock
         self._quality = quality
         self._keep_rgb = keep_rgb
         self.count = 0
@@ -126,7 +141,10 @@ class _FrameTap:
             self.count += 1
             if self.count == 2:
                 crash_point("process:decoding")
-            jpeg = encode_jpeg(frame, self._quality) if self._keep_rgb else None
+            jpeg = None
+            if self._keep_rgb:
+                with self._clock.stage("rgb"):
+                    jpeg = encode_jpeg(frame, self._quality)
             self.pending.append((self.count, jpeg))
             yield frame
 
@@ -140,7 +158,8 @@ class _FrameTap:
 
 def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
                   size: tuple[int, int], fps: float, opts: RunOptions,
-                  engine: FlowEngine | None) -> tuple[int | None, int | None, float | None]:
+                  engine: FlowEngine | None,
+                  clock: StageClock) -> tuple[int | None, int | None, float | None]:
     """RGB and flow members from one streaming decode; returns (frames, flow pairs, mean
     flow magnitude), None for what was not extracted. Members go per frame N: ``rgb.N``
     then flow N (N to N+1),
@@ -150,14 +169,15 @@ def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
     if not want_rgb and engine is None:
         return None, None, None
     tap = _FrameTap(iter_frames(path, size, opts.fps, opts.decode_threads),
-                    opts.jpeg_quality, want_rgb)
+                    opts.jpeg_quality, want_rgb, clock)
     pairs, magnitude = None, None
     if engine is not None:
         pairs, total = 0, 0.0
-        for pairs, flow in enumerate(engine.flows(tap), 1):
+        for pairs, flow in enumerate(clock.iterate(engine.flows(tap), "flow"), 1):
             tap.write_rgb(writer, key, upto=pairs)
-            _write_flow(writer, key, pairs, flow, opts)
-            total += float(np.sqrt(np.square(flow, dtype=np.float32).sum(-1)).mean())
+            with clock.stage("flow_jpeg"):
+                _write_flow(writer, key, pairs, flow, opts)
+                total += float(np.sqrt(np.square(flow, dtype=np.float32).sum(-1)).mean())
         magnitude = round(total / pairs, 4) if pairs else None
     else:
         for _ in tap:
@@ -193,36 +213,41 @@ def _check_length(count: int, info: MediaInfo, fps: float, opts: RunOptions) -> 
 
 
 def _write_audio(writer: SampleWriter, key: str, path: str, info: MediaInfo,
-                 opts: RunOptions, models: Models) -> dict[str, Any]:
+                 opts: RunOptions, models: Models, clock: StageClock) -> dict[str, Any]:
     """MFCC and VGGish members from one streaming audio decode per sample rate; returns
     the index fields (None for what was not extracted). A video without audio gets none."""
-    sinks: dict[str, tuple[int, Any]] = {}
+    sinks: dict[str, tuple[int, Any]] = {}  # stage name -> (sample rate, stream)
     if "mfcc" in opts.modalities:
-        sinks[sample.MFCC] = (opts.mfcc.sample_rate, MfccStream(opts.mfcc))
+        sinks["mfcc"] = (opts.mfcc.sample_rate, MfccStream(opts.mfcc))
     if models.vggish is not None:
-        sinks[sample.VGGISH] = (SAMPLE_RATE, models.vggish.stream())
+        sinks["vggish"] = (SAMPLE_RATE, models.vggish.stream())
     fields = {"audio_sample_rate": None, "mfcc_frames": None, "vggish_examples": None,
               "audio_rms_dbfs": None}
     if not info.has_audio or not sinks:
         return fields
     level = _Level()
     for number, rate in enumerate(sorted({r for r, _ in sinks.values()})):
-        streams = [s for r, s in sinks.values() if r == rate]
+        streams = [(name, s) for name, (r, s) in sinks.items() if r == rate]
         if number == 0:
-            streams.append(level)
-        for chunk in iter_audio(path, rate, channels=info.audio_channels):
-            for stream in streams:
-                stream.push(chunk)
+            streams.append(("audio_decode", level))
+        chunks = clock.iterate(iter_audio(path, rate, channels=info.audio_channels),
+                               "audio_decode")
+        for chunk in chunks:
+            for name, stream in streams:
+                with clock.stage(name):
+                    stream.push(chunk)
     fields["audio_rms_dbfs"] = level.dbfs()
-    if sample.MFCC in sinks:
+    if "mfcc" in sinks:
         try:
-            features = sinks[sample.MFCC][1].finish()
+            with clock.stage("mfcc"):
+                features = sinks["mfcc"][1].finish()
         except ValueError as exc:  # too short for the MFCC framing
             raise MediaError("audio", str(exc)) from None
         writer.add(sample.member_name(key, sample.MFCC), sample.npy_bytes(features))
         fields["mfcc_frames"] = int(features.shape[1])
-    if sample.VGGISH in sinks:
-        embeddings = sinks[sample.VGGISH][1].finish()
+    if "vggish" in sinks:
+        with clock.stage("vggish"):
+            embeddings = sinks["vggish"][1].finish()
         writer.add(sample.member_name(key, sample.VGGISH), sample.npy_bytes(embeddings))
         if models.vggish.pca is not None:
             writer.add(sample.member_name(key, sample.VGGISH_PCA),

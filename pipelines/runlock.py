@@ -4,7 +4,10 @@ The lock names its holder (host, pid) and is rewritten every ``HEARTBEAT_S`` sec
 the run lasts. A later run treats it as held when the heartbeat is recent and, on the same
 host, the process still exists; so a run killed with ``kill -9`` on this machine is replaced
 at once, and one that died elsewhere (another launcher, a lost VM) after ``STALE_S``.
-Local folders are locked with an exclusive create; object stores (gs://), which have no such
+A job on a remote runner (Dataflow) outlives the process that submitted it, so its lock
+says so (``remote_job``): no pid check then, and the job's workers keep the heartbeat fresh
+(``worker_heartbeat``) even when the launcher is gone (a Flex Template launcher, a closed
+laptop). Local folders are locked with an exclusive create; object stores (gs://), which have no such
 primitive through Beam's FileSystems, by writing the lock and reading it back after a pause:
 two launchers starting within that pause is the remaining, documented, window.
 """
@@ -44,7 +47,7 @@ def holder_alive(held: dict, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     if now - float(held.get("heartbeat", 0)) > STALE_S:
         return False
-    if held.get("host") == socket.gethostname():
+    if held.get("host") == socket.gethostname() and not held.get("remote_job"):
         return _pid_alive(int(held.get("pid", -1)))
     return True
 
@@ -52,12 +55,17 @@ def holder_alive(held: dict, now: float | None = None) -> bool:
 class RunLock:
     """The held lock of one run; ``release()`` (or leaving the ``with``) gives it up."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, remote_job: bool = False):
         self.path = storage.join(output, LOCK)
         self.doc = {"host": socket.gethostname(), "pid": os.getpid(),
-                    "token": uuid.uuid4().hex, "started": time.time()}
+                    "token": uuid.uuid4().hex, "started": time.time(),
+                    "remote_job": remote_job}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def token(self) -> str:
+        return self.doc["token"]
 
     def _content(self) -> bytes:
         return json.dumps({**self.doc, "heartbeat": time.time()}, sort_keys=True).encode()
@@ -128,3 +136,33 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_last_beats: dict[tuple[str, str], float] = {}
+_beats_lock = threading.Lock()
+
+
+def worker_heartbeat(output: str, token: str | None, now: float | None = None) -> bool:
+    """Called by the job's workers as they go: refreshes the lock of run ``token`` at most
+    every ``HEARTBEAT_S`` per process, and only while the lock is still that run's (a
+    released lock is not recreated). Returns whether it wrote."""
+    if not token:
+        return False
+    now = time.time() if now is None else now
+    with _beats_lock:
+        if now - _last_beats.get((output, token), float("-inf")) < HEARTBEAT_S:
+            return False
+        _last_beats[(output, token)] = now
+    path = storage.join(output, LOCK)
+    try:
+        held = json.loads(storage.read_text(path))
+    except Exception:  # noqa: BLE001 - gone (the run ended) or being rewritten
+        return False
+    if not isinstance(held, dict) or held.get("token") != token:
+        return False
+    held.update(heartbeat=now, worker=socket.gethostname())
+    try:
+        storage.write_atomic(path, json.dumps(held, sort_keys=True).encode())
+    except Exception:  # noqa: BLE001 - a missed beat is retried; the job goes on
+        return False
+    return True

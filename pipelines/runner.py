@@ -1,6 +1,7 @@
 """``actprep run``: plan, run the Beam job with a progress display, print the summary."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -8,13 +9,14 @@ import time
 from actprep.extractors.ffmpeg_bin import ffmpeg_source
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import drop_work
-from actprep.pipelines.job import job_counters, run_pipeline
+from actprep.pipelines.job import job_counters, run_pipeline, runs_locally
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.models import load_models
+from actprep.pipelines.models import load_models, make_flow_engine, make_vggish
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.pipelines.progress import ProgressMonitor, summarize
 from actprep.pipelines.retry import reopen_shards_with_failures
 from actprep.pipelines.runlock import RunLock, RunLocked
+from actprep.pipelines.stageclock import STAGES
 from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
 
@@ -27,28 +29,63 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     """Returns the process exit code: 0 when every row ended as a sample or a recorded
     failure, 2 for bad input (manifest, class list, options), 3 when another run is
     writing the same output."""
+    remote = not runs_locally(beam_args)
     try:
-        models = load_models(opts)  # bad settings or weight files fail here, before any work
+        # bad settings or weight files fail here, before any work
+        lines = _check_models_remote(opts) if remote else _check_models_here(opts)
     except (ValueError, ImportError, FileNotFoundError) as exc:
         _say(f"actprep: error: {exc}")
         return 2
-    if models.flow is not None:
-        _say(f"actprep: flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
-             f"({models.flow.device})")
-    if models.vggish is not None:
-        _say(f"actprep: vggish: {models.vggish.backend} ({models.vggish.device}), hop "
-             f"{models.vggish.hop_seconds:g} s{', with PCA' if models.vggish.pca else ''}")
-    del models
+    for line in lines:
+        _say(f"actprep: {line}")
     storage.makedirs(opts.output)
     try:
-        lock = RunLock(opts.output).acquire()
+        lock = RunLock(opts.output, remote_job=remote).acquire()
     except RunLocked as exc:
         _say(f"actprep: error: {exc}")
         return 3
     try:
-        return _run_locked(opts, beam_args)
+        return _run_locked(dataclasses.replace(opts, lock_token=lock.token), beam_args)
     finally:
         lock.release()
+
+
+def _check_models_here(opts: RunOptions) -> list[str]:
+    """Loads the models as the local workers will; says what runs where."""
+    models = load_models(opts)
+    lines = []
+    if models.flow is not None:
+        lines.append(f"flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
+                     f"({models.flow.device})")
+    if models.vggish is not None:
+        vggish = models.vggish
+        lines.append(f"vggish: {vggish.backend} ({vggish.device}), hop "
+                     f"{vggish.hop_seconds:g} s{', with PCA' if vggish.pca else ''}")
+    return lines
+
+
+def _check_models_remote(opts: RunOptions) -> list[str]:
+    """For a job that runs elsewhere (Dataflow): the GPU, and maybe torch, are on the
+    workers only, so each worker resolves backend and device in its setup (and fails it,
+    naming the problem: ``--device cuda`` without a GPU). Here: what can be checked
+    without them, the weight files above all."""
+    lines = []
+    if "flow" in opts.modalities:
+        if opts.flow_backend == "opencv":
+            make_flow_engine(opts)  # the CPU backend: checks the preset suits it
+        lines.append(f"flow: TV-L1 {opts.flow_preset}, backend {opts.flow_backend} on "
+                     f"device {opts.device}, resolved by each worker")
+    if "vggish" in opts.modalities:
+        here = dataclasses.replace(opts, device="cpu")
+        try:
+            make_vggish(here)
+        except ImportError:  # no torch / TensorFlow on this launcher: the files at least
+            for path in (opts.vggish_weights, opts.vggish_pca):
+                if path and not storage.exists(path):
+                    raise FileNotFoundError(f"{path}: file not found") from None
+        lines.append(f"vggish: {opts.vggish_backend} on device {opts.device}, resolved by "
+                     f"each worker")
+    return lines
 
 
 def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
@@ -87,6 +124,9 @@ def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
         _say(f"actprep: this run processed {counters.get('videos_processed', 0)} videos and "
              f"reused {counters.get('videos_reused', 0)} checkpointed by an earlier run; "
              f"{counters.get('shards_committed', 0)} shards committed")
+        stages = stage_line(counters)
+        if stages:
+            _say(f"actprep: time per stage, summed over workers: {stages}")
     else:
         _say("actprep: nothing to do: every shard is committed")
     elapsed = time.monotonic() - start
@@ -94,6 +134,17 @@ def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
     _print_summary(opts.output, summarize(opts.output), elapsed if todo else None,
                    len(plan.entries))
     return 0
+
+
+def stage_line(counters: dict[str, int]) -> str:
+    """The stage times of a run's counters, largest first with their share, e.g.
+    "flow 81.0 s (62%), decode 20.1 s (15%), ..."; "" when the runner reported none."""
+    ms = {name: counters.get(f"{name}_ms", 0) for name in STAGES}
+    total = sum(ms.values())
+    if not total:
+        return ""
+    ranked = sorted((v, n) for n, v in ms.items() if v)[::-1]
+    return ", ".join(f"{n} {v / 1000:.1f} s ({v / total:.0%})" for v, n in ranked)
 
 
 def _finish_interrupted_commits(output: str) -> list[int]:
