@@ -78,6 +78,8 @@ def test_every_path_on_an_object_store(run_cli, mem_set, capsys, tmp_path):
     assert rows[3]["failure_stage"] == "probe" and rows[5]["failure_stage"] == "manifest"
     assert "not_there.mp4" in rows[5]["failure_reason"]
     assert [r["label_index"] for r in rows] == [1, 0, 1, 0, 1, 1]  # the class list's order
+    # what crosses the shuffle per video is its index row: metadata, never frames
+    assert max(len(json.dumps(r, default=str)) for r in rows) < 2048
     samples = {}
     for shard in ("shard-000000.tar", "shard-000001.tar"):
         (tmp_path / shard).write_bytes(memfs.get(f"{out}/{shard}"))
