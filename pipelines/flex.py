@@ -274,12 +274,15 @@ def launch_arguments(argv: list[str]) -> list[str]:
     """The whole ``actprep`` command line a template launch runs: ``-v run`` (Beam's job
     submission messages go to the launcher's log), the translated arguments, then the
     template defaults: the DataflowRunner unless a runner is given, and ``--no-progress``
-    unless the ``no_progress`` parameter is given."""
+    and ``--no-wait`` unless their parameters are given (Dataflow expects a template's
+    program to exit once the job is submitted)."""
     args = run_arguments(argv)
     if not _given(argv, "runner"):
         args.append("--runner=DataflowRunner")
     if not _given(argv, "no_progress"):
         args.append("--no-progress")
+    if not _given(argv, "no_wait"):  # a template launcher submits and exits
+        args.append("--no-wait")
     return ["-v", "run", *args]
 
 

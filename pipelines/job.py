@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -113,12 +113,17 @@ def runs_locally(beam_args: list[str]) -> bool:
     return PipelineOptions(beam_args).get_all_options().get("runner") in LOCAL_RUNNERS
 
 
-def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int]):
-    """Runs the job to completion; returns Beam's PipelineResult."""
+def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int],
+                 submitted: Callable[[Any], None] = lambda result: None):
+    """Runs the job; returns Beam's PipelineResult. ``submitted(result)`` is called as soon
+    as the runner has the job (for a service, once it accepted it). Waits for the end unless
+    ``opts.wait`` is off and the job runs elsewhere."""
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build(pipeline, opts, skip)
     result = pipeline.run()
-    result.wait_until_finish()
+    submitted(result)
+    if opts.wait or runs_locally(beam_args):
+        result.wait_until_finish()
     return result
 
 

@@ -17,7 +17,7 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
              "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed",
-             "lock_token")
+             "lock_token", "wait")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -55,6 +55,7 @@ class RunOptions:
     vggish_batch_size: int = 64
     retry_failed: bool = False
     progress: bool = True
+    wait: bool = True
     lock_token: str | None = None  # set by the runner: whose run.lock the workers refresh
 
     def flow_params(self) -> dict:
@@ -193,6 +194,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true",
                         help="process again the videos that failed in a media stage (fetch, "
                         "probe, decode, audio...); their committed shards are rebuilt")
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="remote runners (Dataflow): return once the job is submitted; "
+                        "the job commits its shards and keeps the output's lock itself "
+                        "(local runners always wait)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no live progress display")
 
@@ -219,6 +224,6 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw,
         vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
         vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
-        vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed,
+        vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed, wait=args.wait,
         progress=args.progress,
     )

@@ -26,6 +26,7 @@ LOCK = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
 SETTLE_S = 2.0  # object stores: pause before reading the lock back
+HAND_OVER_GRACE_S = 900.0  # a remote job's workers start within this (VMs, driver, image)
 
 
 class RunLocked(Exception):
@@ -122,6 +123,18 @@ class RunLock:
                 self._write()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the run goes on
                 pass
+
+    def hand_over(self, grace_s: float = HAND_OVER_GRACE_S) -> None:
+        """Leaves the lock to a remote job that goes on without this process: the beats
+        stop, and the heartbeat is set ``grace_s`` ahead so the lock holds while the
+        job's workers start (they then keep it fresh, see ``worker_heartbeat``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        held = self._read()
+        if held and held.get("token") == self.doc["token"]:
+            doc = {**self.doc, "heartbeat": time.time() + grace_s, "handed_over": True}
+            storage.write_atomic(self.path, json.dumps(doc, sort_keys=True).encode())
 
     def release(self) -> None:
         self._stop.set()

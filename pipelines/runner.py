@@ -5,6 +5,9 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Any
+
+from apache_beam.runners.runner import PipelineState
 
 from actprep.extractors.ffmpeg_bin import ffmpeg_source
 from actprep.pipelines import layout, storage
@@ -44,10 +47,52 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     except RunLocked as exc:
         _say(f"actprep: error: {exc}")
         return 3
+    job = _Job(remote)
     try:
-        return _run_locked(dataclasses.replace(opts, lock_token=lock.token), beam_args)
-    finally:
+        code = _run_locked(dataclasses.replace(opts, lock_token=lock.token), beam_args, job)
+    except BaseException:
+        if job.may_still_run():
+            lock.hand_over()
+            _say("actprep: the job may go on without this launcher; its workers keep the "
+                 "lock. Rerun this command once it has ended (or after cancelling it)")
+        else:
+            lock.release()
+        raise
+    if remote and not job.waited(opts, beam_args):
+        lock.hand_over()
+    else:
         lock.release()
+    return code
+
+
+class _Job:
+    """What the launcher knows of the job it started: whether a service took it, hence
+    whether it may run on after this process stops (the lock is then left to it)."""
+
+    def __init__(self, remote: bool):
+        self.remote = remote
+        self.result: Any = None
+
+    def submitted(self, result: Any) -> None:
+        self.result = result
+
+    def waited(self, opts: RunOptions, beam_args: list[str]) -> bool:
+        return opts.wait or runs_locally(beam_args)
+
+    def may_still_run(self) -> bool:
+        if not self.remote or self.result is None:
+            return False
+        try:
+            return not PipelineState.is_terminal(self.result.state)
+        except Exception:  # noqa: BLE001 - the service cannot be asked: assume it runs
+            return True
+
+
+def _job_id(result: Any) -> str:
+    try:
+        return f"job {result.job_id()}"
+    except Exception:  # noqa: BLE001 - a dry run or another runner
+        return "no job id reported"
 
 
 def _check_models_here(opts: RunOptions) -> list[str]:
@@ -88,7 +133,7 @@ def _check_models_remote(opts: RunOptions) -> list[str]:
     return lines
 
 
-def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
+def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
     try:
         plan = load_or_create_plan(opts)
     except (ManifestError, LabelError, PlanMismatch, FileNotFoundError) as exc:
@@ -117,10 +162,17 @@ def _run_locked(opts: RunOptions, beam_args: list[str]) -> int:
             monitor = ProgressMonitor(opts.output, len(plan.entries))
             monitor.start()
         try:
-            counters = job_counters(run_pipeline(opts, beam_args, skip))
+            result = run_pipeline(opts, beam_args, skip, job.submitted)
         finally:
             if monitor:
                 monitor.stop()
+        if not job.waited(opts, beam_args):
+            _say(f"actprep: job submitted ({_job_id(result)}); it commits its shards and "
+                 f"keeps {storage.join(opts.output, 'run.lock')} fresh itself. Follow it in "
+                 f"the Dataflow console; 'actprep stats {opts.output}' reads what is "
+                 f"committed; rerun this command to resume it if it fails")
+            return 0
+        counters = job_counters(result)
         _say(f"actprep: this run processed {counters.get('videos_processed', 0)} videos and "
              f"reused {counters.get('videos_reused', 0)} checkpointed by an earlier run; "
              f"{counters.get('shards_committed', 0)} shards committed")

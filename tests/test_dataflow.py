@@ -306,3 +306,22 @@ def test_cost_estimate_is_bound_by_the_scarcer_resource():
                             est.Machine(vcpus=4, gpus=0), workers=1)
     assert cpu_only["bound_by"] == "cpu"
     assert cpu_only["vm_seconds_per_video"] == pytest.approx((1 + 299) / 4)
+
+
+def test_no_wait_leaves_the_lock_to_the_job(run_cli, mem_set, capsys):
+    """A Flex Template launcher submits and exits (--no-wait): the lock is handed over to
+    the job, held through its workers' start-up, and a second launch is refused."""
+    import json
+
+    from actprep.pipelines import runlock
+
+    out = f"{mem_set}/out"
+    assert run_cli(_args(mem_set, out, *GPU_WORKER_ARGS, "--dry_run=True", "--no-wait")) == 0
+    assert "job submitted" in capsys.readouterr().err
+    held = json.loads(memfs.get(f"{out}/{runlock.LOCK}"))
+    assert held["remote_job"] and held["handed_over"]
+    assert runlock.holder_alive(held, now=held["heartbeat"] - 1)  # still starting up
+    assert not runlock.holder_alive(held, now=held["heartbeat"] + runlock.STALE_S + 1)
+    assert runlock.worker_heartbeat(out, held["token"])  # the job's workers take it on
+    assert run_cli(_args(mem_set, out, *GPU_WORKER_ARGS, "--dry_run=True")) == 3
+    assert "another actprep run is writing" in capsys.readouterr().err
