@@ -114,15 +114,15 @@ def runs_locally(beam_args: list[str]) -> bool:
 
 
 def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int],
-                 submitted: Callable[[Any], None] = lambda result: None):
+                 wait: bool = True, submitted: Callable[[Any], None] = lambda result: None):
     """Runs the job; returns Beam's PipelineResult. ``submitted(result)`` is called as soon
-    as the runner has the job (for a service, once it accepted it). Waits for the end unless
-    ``opts.wait`` is off and the job runs elsewhere."""
+    as the runner has the job (for a service, once it accepted it); then, with ``wait``,
+    the job is waited for."""
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     build(pipeline, opts, skip)
     result = pipeline.run()
     submitted(result)
-    if opts.wait or runs_locally(beam_args):
+    if wait:
         result.wait_until_finish()
     return result
 

@@ -7,6 +7,7 @@ FileSystems, so local paths and gs:// URIs work alike; nothing is ever downloade
 from __future__ import annotations
 
 import io
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,3 +134,41 @@ def _hub_vggish(opts: RunOptions, pca: Any) -> Vggish:
 def load_models(opts: RunOptions) -> Models:
     """Everything the options ask for, loaded and checked."""
     return Models(flow=make_flow_engine(opts), vggish=make_vggish(opts))
+
+
+def check_models_here(opts: RunOptions) -> list[str]:
+    """Loads the models as the local workers will; says what runs where."""
+    models = load_models(opts)
+    lines = []
+    if models.flow is not None:
+        lines.append(f"flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
+                     f"({models.flow.device})")
+    if models.vggish is not None:
+        vggish = models.vggish
+        lines.append(f"vggish: {vggish.backend} ({vggish.device}), hop "
+                     f"{vggish.hop_seconds:g} s{', with PCA' if vggish.pca else ''}")
+    return lines
+
+
+def check_models_remote(opts: RunOptions) -> list[str]:
+    """For a job that runs elsewhere (Dataflow): the GPU, and maybe torch, are on the
+    workers only, so each worker resolves backend and device in its setup (and fails it,
+    naming the problem: ``--device cuda`` without a GPU). Here: what can be checked
+    without them, the weight files above all."""
+    lines = []
+    if "flow" in opts.modalities:
+        if opts.flow_backend == "opencv":
+            make_flow_engine(opts)  # the CPU backend: checks the preset suits it
+        lines.append(f"flow: TV-L1 {opts.flow_preset}, backend {opts.flow_backend} on "
+                     f"device {opts.device}, resolved by each worker")
+    if "vggish" in opts.modalities:
+        here = dataclasses.replace(opts, device="cpu")
+        try:
+            make_vggish(here)
+        except ImportError:  # no torch / TensorFlow on this launcher: the files at least
+            for path in (opts.vggish_weights, opts.vggish_pca):
+                if path and not storage.exists(path):
+                    raise FileNotFoundError(f"{path}: file not found") from None
+        lines.append(f"vggish: {opts.vggish_backend} on device {opts.device}, resolved by "
+                     f"each worker")
+    return lines

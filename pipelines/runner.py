@@ -14,7 +14,7 @@ from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import drop_work
 from actprep.pipelines.job import job_counters, run_pipeline, runs_locally
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.models import load_models, make_flow_engine, make_vggish
+from actprep.pipelines.models import check_models_here, check_models_remote
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.pipelines.progress import ProgressMonitor, summarize
 from actprep.pipelines.retry import reopen_shards_with_failures
@@ -35,7 +35,7 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     remote = not runs_locally(beam_args)
     try:
         # bad settings or weight files fail here, before any work
-        lines = _check_models_remote(opts) if remote else _check_models_here(opts)
+        lines = check_models_remote(opts) if remote else check_models_here(opts)
     except (ValueError, ImportError, FileNotFoundError) as exc:
         _say(f"actprep: error: {exc}")
         return 2
@@ -47,7 +47,7 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     except RunLocked as exc:
         _say(f"actprep: error: {exc}")
         return 3
-    job = _Job(remote)
+    job = _Job(remote, wait=opts.wait or not remote)
     try:
         code = _run_locked(dataclasses.replace(opts, lock_token=lock.token), beam_args, job)
     except BaseException:
@@ -58,7 +58,7 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
         else:
             lock.release()
         raise
-    if remote and not job.waited(opts, beam_args):
+    if not job.wait:
         lock.hand_over()
     else:
         lock.release()
@@ -69,15 +69,13 @@ class _Job:
     """What the launcher knows of the job it started: whether a service took it, hence
     whether it may run on after this process stops (the lock is then left to it)."""
 
-    def __init__(self, remote: bool):
+    def __init__(self, remote: bool, wait: bool):
         self.remote = remote
+        self.wait = wait  # for the job's end (a local job always: it dies with us)
         self.result: Any = None
 
     def submitted(self, result: Any) -> None:
         self.result = result
-
-    def waited(self, opts: RunOptions, beam_args: list[str]) -> bool:
-        return opts.wait or runs_locally(beam_args)
 
     def may_still_run(self) -> bool:
         if not self.remote or self.result is None:
@@ -93,44 +91,6 @@ def _job_id(result: Any) -> str:
         return f"job {result.job_id()}"
     except Exception:  # noqa: BLE001 - a dry run or another runner
         return "no job id reported"
-
-
-def _check_models_here(opts: RunOptions) -> list[str]:
-    """Loads the models as the local workers will; says what runs where."""
-    models = load_models(opts)
-    lines = []
-    if models.flow is not None:
-        lines.append(f"flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
-                     f"({models.flow.device})")
-    if models.vggish is not None:
-        vggish = models.vggish
-        lines.append(f"vggish: {vggish.backend} ({vggish.device}), hop "
-                     f"{vggish.hop_seconds:g} s{', with PCA' if vggish.pca else ''}")
-    return lines
-
-
-def _check_models_remote(opts: RunOptions) -> list[str]:
-    """For a job that runs elsewhere (Dataflow): the GPU, and maybe torch, are on the
-    workers only, so each worker resolves backend and device in its setup (and fails it,
-    naming the problem: ``--device cuda`` without a GPU). Here: what can be checked
-    without them, the weight files above all."""
-    lines = []
-    if "flow" in opts.modalities:
-        if opts.flow_backend == "opencv":
-            make_flow_engine(opts)  # the CPU backend: checks the preset suits it
-        lines.append(f"flow: TV-L1 {opts.flow_preset}, backend {opts.flow_backend} on "
-                     f"device {opts.device}, resolved by each worker")
-    if "vggish" in opts.modalities:
-        here = dataclasses.replace(opts, device="cpu")
-        try:
-            make_vggish(here)
-        except ImportError:  # no torch / TensorFlow on this launcher: the files at least
-            for path in (opts.vggish_weights, opts.vggish_pca):
-                if path and not storage.exists(path):
-                    raise FileNotFoundError(f"{path}: file not found") from None
-        lines.append(f"vggish: {opts.vggish_backend} on device {opts.device}, resolved by "
-                     f"each worker")
-    return lines
 
 
 def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
@@ -162,11 +122,11 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
             monitor = ProgressMonitor(opts.output, len(plan.entries))
             monitor.start()
         try:
-            result = run_pipeline(opts, beam_args, skip, job.submitted)
+            result = run_pipeline(opts, beam_args, skip, job.wait, job.submitted)
         finally:
             if monitor:
                 monitor.stop()
-        if not job.waited(opts, beam_args):
+        if not job.wait:
             _say(f"actprep: job submitted ({_job_id(result)}); it commits its shards and "
                  f"keeps {storage.join(opts.output, 'run.lock')} fresh itself. Follow it in "
                  f"the Dataflow console; 'actprep stats {opts.output}' reads what is "
