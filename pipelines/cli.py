@@ -177,16 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def entry() -> None:
-    """Console-script entry. Ends the process without C++ static destructors: after Beam's
-    multi-processing runner has finished (and every file is written and the summary
-    printed), those occasionally abort with "terminate called without an active exception"
-    (exit status 134), which would make a finished job look failed."""
-    code = main()
+def exit_now(code: int) -> None:
+    """Ends the process without C++ static destructors: after Beam's multi-processing
+    runner has finished (and every file is written and the summary printed), those
+    occasionally abort with "terminate called without an active exception" (exit status
+    134), which would make a finished job look failed."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def entry() -> None:
+    """Console-script entry."""
+    exit_now(main())
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -303,13 +301,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Entry of the template's Python file: ends the process like the console script does
-    (see :func:`actprep.pipelines.cli.entry`)."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    """Entry of the template's Python file: ends the process like the console script."""
+    from actprep.pipelines.cli import exit_now
+
+    exit_now(main())
 
 
 if __name__ == "__main__":
