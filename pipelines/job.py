@@ -113,6 +113,22 @@ def runs_locally(beam_args: list[str]) -> bool:
     return PipelineOptions(beam_args).get_all_options().get("runner") in LOCAL_RUNNERS
 
 
+DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow", "TestDataflowRunner")
+
+
+def runner_problem(beam_args: list[str]) -> str | None:
+    """Why the chosen runner cannot run from this installation, or None: checked before
+    any planning, so a missing extra is one clear line rather than a traceback later."""
+    runner = PipelineOptions(beam_args).get_all_options().get("runner")
+    if runner in DATAFLOW_RUNNERS:
+        try:
+            import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
+        except ImportError as exc:
+            return (f"--runner {runner} needs Beam's Google Cloud extras: pip install "
+                    f"'actprep[gcp]' ({exc})")
+    return None
+
+
 def run_pipeline(opts: RunOptions, beam_args: list[str], skip: frozenset[int],
                  wait: bool = True, submitted: Callable[[Any], None] = lambda result: None):
     """Runs the job; returns Beam's PipelineResult. ``submitted(result)`` is called as soon

@@ -12,7 +12,7 @@ from apache_beam.runners.runner import PipelineState
 from actprep.extractors.ffmpeg_bin import ffmpeg_source
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import drop_work
-from actprep.pipelines.job import job_counters, run_pipeline, runs_locally
+from actprep.pipelines.job import job_counters, run_pipeline, runner_problem, runs_locally
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import check_models_here, check_models_remote
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
@@ -33,6 +33,10 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
     failure, 2 for bad input (manifest, class list, options), 3 when another run is
     writing the same output."""
     remote = not runs_locally(beam_args)
+    problem = runner_problem(beam_args)
+    if problem:
+        _say(f"actprep: error: {problem}")
+        return 2
     try:
         # bad settings or weight files fail here, before any work
         lines = check_models_remote(opts) if remote else check_models_here(opts)

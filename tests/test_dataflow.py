@@ -325,3 +325,15 @@ def test_no_wait_leaves_the_lock_to_the_job(run_cli, mem_set, capsys):
     assert runlock.worker_heartbeat(out, held["token"])  # the job's workers take it on
     assert run_cli(_args(mem_set, out, *GPU_WORKER_ARGS, "--dry_run=True")) == 3
     assert "another actprep run is writing" in capsys.readouterr().err
+
+
+def test_dataflow_without_the_gcp_extras_is_one_clear_error(run_cli, mem_set, capsys,
+                                                            monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "apache_beam.runners.dataflow.internal.apiclient", None)
+    out = f"{mem_set}/out"
+    assert run_cli(_args(mem_set, out, *GPU_WORKER_ARGS, "--dry_run=True")) == 2
+    assert "needs Beam's Google Cloud extras: pip install 'actprep[gcp]'" in \
+        capsys.readouterr().err
+    assert not memfs.paths(out)  # refused before planning
