@@ -4,7 +4,7 @@
 # .gpu/opencv_flows.npz). Needs .gpu/ from benchmarks/gpu_prepare.sh and a Python with a CUDA
 # torch, numpy and opencv-python; actprep is put on the path as it is laid out in the
 # repository (symbolic links in a scratch folder), no pip and no network needed.
-# Writes flow.json and vggish.json to ${OUT:-.}.
+# Writes flow.json, flow_memory.json and vggish.json to ${OUT:-.}.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-.}
@@ -14,8 +14,10 @@ export PYTHONPATH="$NS${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.__version__, torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 420 python3 benchmarks/flow.py --data .gpu/middlebury --reference .gpu/opencv_flows.npz \
+timeout 360 python3 benchmarks/flow.py --data .gpu/middlebury --reference .gpu/opencv_flows.npz \
     --presets opencv,quality,tsn --batch-sizes 1 --seconds 3 \
     --cuda-batch-sizes 1,8,32,128,256,512 --json "$OUT/flow.json"
+timeout 60 python3 benchmarks/flow_memory.py --device cuda --presets opencv,quality \
+    --batch-sizes 8,64,256 --json "$OUT/flow_memory.json" || true
 timeout 120 python3 benchmarks/vggish.py --data .gpu/vggish --no-tf --seconds 3 \
     --batch-sizes 64 --cuda-batch-sizes 16,64,256,1024 --json "$OUT/vggish.json"

@@ -6,8 +6,10 @@ FileSystems, so local paths and gs:// URIs work alike; nothing is ever downloade
 """
 from __future__ import annotations
 
-import io
 import dataclasses
+import functools
+import io
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,13 +67,20 @@ class Models:
         return out
 
 
+@functools.cache
+def flow_slots(count: int) -> threading.BoundedSemaphore:
+    """The process-wide limit on torch flow batches in flight (``--flow-device-batches``),
+    shared by the engines of all the process's threads."""
+    return threading.BoundedSemaphore(count)
+
+
 def make_flow_engine(opts: RunOptions) -> FlowEngine | None:
     """The flow engine (None without the flow modality); it holds backend state, so each
-    worker builds its own."""
+    worker thread builds its own, and they share the device through ``flow_slots``."""
     if "flow" not in opts.modalities:
         return None
     return FlowEngine(opts.flow_backend, opts.device, preset(opts.flow_preset),
-                      opts.flow_batch_size)
+                      opts.flow_batch_size, slots=flow_slots(opts.flow_device_batches))
 
 
 def _read(path: str, what: str) -> bytes:

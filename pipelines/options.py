@@ -17,7 +17,7 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
              "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed",
-             "lock_token", "wait")
+             "lock_token", "wait", "flow_device_batches")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -46,6 +46,7 @@ class RunOptions:
     flow_preset: str = DEFAULT_PRESET
     flow_bound: float = DEFAULT_BOUND
     flow_batch_size: int = 8
+    flow_device_batches: int = 2
     flow_raw: bool = False
     vggish_backend: str = "torch"
     vggish_weights: str | None = None
@@ -170,6 +171,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_BOUND:g})")
     parser.add_argument("--flow-batch-size", type=_positive(int), default=8,
                         help="frame pairs per torch flow call (default 8)")
+    parser.add_argument("--flow-device-batches", type=_positive(int), default=2,
+                        help="torch flow batches a worker process runs at once, whatever its "
+                        "thread count (default 2): bounds GPU memory at about this times "
+                        "--flow-batch-size times 50 MB for 340x256 frames")
     parser.add_argument("--flow-raw", action="store_true",
                         help="also store raw flow as float16 KEY.flow.NNNNNN.npy members")
     parser.add_argument("--vggish-backend", choices=VGGISH_BACKENDS, default="torch",
@@ -222,6 +227,7 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         mfcc=mfcc, flow_backend=args.flow_backend, device=args.device,
         flow_preset=args.flow_preset, flow_bound=args.flow_bound,
         flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw,
+        flow_device_batches=args.flow_device_batches,
         vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
         vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
         vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed, wait=args.wait,

@@ -200,6 +200,45 @@ def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch):
     assert [round(float(f[0, 0, 0])) for f in flows] == [10] * 9
 
 
+@pytest.mark.parametrize("slots", [1, 2])
+def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
+    """Four threads, each with its own engine: never more torch batches in flight than the
+    shared semaphore allows, so device memory is bounded whatever the thread count."""
+    import threading
+    import time
+
+    torch = pytest.importorskip("torch")
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def fake_tvl1(prev, nxt, params):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return torch.zeros((prev.shape[0], 2, *prev.shape[1:]))
+
+    fake = types.ModuleType("actprep.extractors.flow.tvl1_torch")
+    fake.tvl1_flow = fake_tvl1
+    monkeypatch.setitem(sys.modules, "actprep.extractors.flow.tvl1_torch", fake)
+    shared = threading.BoundedSemaphore(slots)
+    frames = [np.full((8, 10, 3), i, np.uint8) for i in range(9)]
+    counts = []
+
+    def work():
+        engine = FlowEngine("torch", "cpu", TVL1Params(), batch_size=2, slots=shared)
+        counts.append(len(list(engine.flows(frames))))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts == [8] * 4
+    assert state["most"] == slots
+
+
 def test_engine_torch_backend_on_a_translation():
     steps = [2, 1, 3]
     engine = FlowEngine("torch", "cpu", preset("quality"), batch_size=2)

@@ -9,9 +9,15 @@ and the last partial batch is always computed. Backends:
 
 ``auto`` picks torch on CUDA when a GPU is there, else OpenCV on the CPU. torch is imported only
 when needed, so the OpenCV path works without it.
+
+Engines of several threads may share one device. A ``slots`` semaphore, shared by them,
+bounds how many torch batches are on the device at once, so its memory is bounded by
+slots x batch size whatever the number of threads (one batch already keeps a GPU busy).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable, Iterable, Iterator
 
 import cv2
@@ -81,11 +87,13 @@ class FlowEngine:
     """
 
     def __init__(self, backend: str = "auto", device: str = "auto",
-                 params: TVL1Params | None = None, batch_size: int = 8):
+                 params: TVL1Params | None = None, batch_size: int = 8,
+                 slots: threading.Semaphore | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.params = params or TVL1Params()
         self.batch_size = int(batch_size)
+        self._slots = slots if slots is not None else contextlib.nullcontext()
         self.backend, self.device = resolve(backend, device)
         if self.backend == "opencv":
             check_supported(self.params)
@@ -119,9 +127,11 @@ class FlowEngine:
         params = self.params
 
         def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-            prev = torch.from_numpy(np.stack([a for a, _ in batch])).to(device, torch.float32)
-            nxt = torch.from_numpy(np.stack([b for _, b in batch])).to(device, torch.float32)
-            out = tvl1_flow(prev, nxt, params)  # [B, 2, H, W] float32, computed without grad
-            return list(out.permute(0, 2, 3, 1).cpu().numpy())
+            prev = np.stack([a for a, _ in batch])
+            nxt = np.stack([b for _, b in batch])
+            with self._slots:  # the device memory this batch needs is taken in here
+                out = tvl1_flow(torch.from_numpy(prev).to(device, torch.float32),
+                                torch.from_numpy(nxt).to(device, torch.float32), params)
+                return list(out.permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 2]
 
         return run
