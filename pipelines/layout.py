@@ -35,6 +35,11 @@ def result_path(output: str, shard: int, line: int) -> str:
     return join(work_dir(output, shard), f"{line:09d}.result.json")
 
 
+def starts_path(output: str, shard: int, line: int) -> str:
+    """How many times processing of this video has started (``process.MAX_STARTS``)."""
+    return join(work_dir(output, shard), f"{line:09d}.starts")
+
+
 def shard_tars(output: str) -> dict[int, int]:
     """Shard number -> size in bytes of every shard tar in ``output`` (committed shards)."""
     found = FileSystems.match([join(output, "shard-*.tar")])[0].metadata_list

@@ -30,6 +30,13 @@ from actprep.schemas.index import FAILED, OK
 from actprep.schemas.plan import PlanEntry, shard_name
 
 
+# A video whose processing started this many times without a result killed its worker
+# each time (memory, a native crash): it is recorded as failed instead of started again,
+# so that one such video cannot fail a whole Dataflow job (which retries a bundle 4 times)
+# or every rerun.
+MAX_STARTS = 3
+
+
 def base_row(entry: PlanEntry) -> dict[str, Any]:
     return {"key": entry.key, "line": entry.line, "shard": shard_name(entry.shard),
             "dataset": entry.dataset, "split": entry.split, "label": entry.label,
@@ -54,8 +61,12 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
     ``attempts``: which processing of this video this is (recorded). ``clock``, when
     given, is charged the time of each stage (not recorded: timings vary run to run)."""
     clock = clock or NoClock()
+    died = 0 if entry.error else _count_start(opts, entry)
     if entry.error:
         result = failed(entry, "manifest", entry.error)
+    elif died >= MAX_STARTS:
+        result = failed(entry, "worker", f"the worker processing it died {died} times (killed "
+                        f"for memory, or a crash in a native library); not started again")
     else:
         try:
             if models is None:
@@ -73,6 +84,16 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
                              json.dumps(result, sort_keys=True).encode())
     crash_point("process:result")
     return result
+
+
+def _count_start(opts: RunOptions, entry: PlanEntry) -> int:
+    """Records one more start of this video unless it reached MAX_STARTS; returns how
+    many earlier starts ended without a result (its worker died)."""
+    path = layout.starts_path(opts.output, entry.shard, entry.line)
+    earlier = int(storage.read_text(path)) if storage.exists(path) else 0
+    if earlier < MAX_STARTS:
+        storage.write_atomic(path, str(earlier + 1).encode())
+    return earlier
 
 
 def _fetch(path: str | None):

@@ -217,3 +217,42 @@ def test_retry_failed_reprocesses_only_the_failures(run_cli, media, tmp_path, ca
                     "--no-progress", "--retry-failed", *LOCAL_BEAM]) == 0
     assert "reopened 0 committed shards" in capsys.readouterr().err
     assert _outputs(out) == files
+
+
+KILL_ONE = """
+import os, sys
+from actprep.pipelines.cli import make_parser
+from actprep.pipelines.options import run_options_from_args
+from actprep.pipelines.planner import load_or_create_plan
+from actprep.pipelines.process import process_entry
+opts = run_options_from_args(make_parser().parse_known_args(sys.argv[1:])[0])
+entry = load_or_create_plan(opts).entries[int(os.environ["LINE"])]
+process_entry(entry, opts)  # ACTPREP_CRASH_AT kills this process in the decode
+"""
+
+
+def test_a_video_that_keeps_killing_its_worker_is_recorded_not_retried(run_cli, media,
+                                                                       tmp_path, capsys):
+    """Killed three times while processing the same video (as by the OOM killer), the next
+    attempt records it as a failure and the job goes on; --retry-failed tries it again."""
+    out = tmp_path / "out"
+    args = ["run", "--dataset", "generic", "--manifest", str(media / "list.csv"),
+            "--output", str(out), "--shard-size", str(SHARD_SIZE), "--modalities", "rgb",
+            "--no-progress", *LOCAL_BEAM]
+    env = {**os.environ, "LINE": "1", "ACTPREP_CRASH_AT": "process:decoding"}
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", KILL_ONE, *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == -9, done.stderr
+    assert run_cli(args) == 0
+    killer = json.loads((out / "plan.jsonl").read_text().splitlines()[1])["line"]
+    rows = {r["line"]: r for r in pq.read_table(out / "index").to_pylist()}
+    victim = rows[killer]
+    assert victim["status"] == "failed" and victim["failure_stage"] == "worker"
+    assert "died 3 times" in victim["failure_reason"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == CLIPS - 2  # and the garbage
+    assert "worker: the worker processing it died 3 times" in capsys.readouterr().err
+    assert not (out / "_work").exists()
+    assert run_cli(args + ["--retry-failed"]) == 0
+    rows = {r["line"]: r for r in pq.read_table(out / "index").to_pylist()}
+    assert rows[killer]["status"] == "ok" and rows[killer]["attempts"] == 2
