@@ -61,7 +61,10 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
     ``attempts``: which processing of this video this is (recorded). ``clock``, when
     given, is charged the time of each stage (not recorded: timings vary run to run)."""
     clock = clock or NoClock()
-    died = 0 if entry.error else _count_start(opts, entry)
+    died = 0
+    if not entry.error:
+        with clock.stage("write"):
+            died = _count_start(opts, entry)
     if entry.error:
         result = failed(entry, "manifest", entry.error)
     elif died >= MAX_STARTS:
