@@ -20,7 +20,8 @@ command line:
 
 :func:`main` (``deploy/flex_main.py``, the ``FLEX_TEMPLATE_PYTHON_PY_FILE`` of the image) runs
 ``actprep -v run ...`` with template defaults: the DataflowRunner unless a runner is given,
-and no progress display unless ``no_progress=false`` is given.
+no progress display unless ``no_progress=false`` is given, and ``--no-wait`` (the launcher
+submits and exits) unless ``no_wait=false`` is given.
 """
 from __future__ import annotations
 
