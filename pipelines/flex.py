@@ -31,7 +31,8 @@ import re
 import sys
 from dataclasses import dataclass
 
-from actprep.pipelines.options import _bool, _modalities, _size, add_run_arguments
+from actprep.pipelines.options import (FALSE_WORDS, TRUE_WORDS, _bool, _modalities, _size,
+                                      add_run_arguments)
 
 TEMPLATE_NAME = "actprep"
 TEMPLATE_DESCRIPTION = (
@@ -40,10 +41,6 @@ TEMPLATE_DESCRIPTION = (
     "MFCC and VGGish audio features, labels and a Parquet index of every video. Every "
     "parameter is an option of 'actprep run' (underscores for dashes); rerunning a job with "
     "the same parameters resumes it.")
-
-# the words a boolean parameter accepts, as options._bool does (case-insensitive)
-TRUE_WORDS = ("true", "1", "yes")
-FALSE_WORDS = ("false", "0", "no")
 
 # Paths the launcher and the workers read or write: on Dataflow they must be in Cloud Storage
 # (a local path would name a file on one VM). --vggish-hub may also be a tfhub.dev address.
@@ -220,12 +217,11 @@ def metadata_json() -> str:
 
 def parse_bool(name: str, value: str) -> bool:
     """A boolean template parameter's value; the error names the parameter."""
-    word = value.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise FlexArgumentError(f"template parameter {name}: expected true or false, got {value!r}")
+    try:
+        return _bool(value.strip())
+    except argparse.ArgumentTypeError:
+        raise FlexArgumentError(f"template parameter {name}: expected true or false, got "
+                                f"{value!r}") from None
 
 
 def run_arguments(argv: list[str]) -> list[str]:

@@ -107,10 +107,15 @@ LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDire
                  "SwitchingDirectRunner", "PrismRunner", "prism")
 
 
+def runner_name(beam_args: list[str]) -> str | None:
+    """The ``--runner`` these Beam options ask for (None: Beam's default, the DirectRunner)."""
+    return PipelineOptions(beam_args).get_all_options().get("runner")
+
+
 def runs_locally(beam_args: list[str]) -> bool:
     """Whether these Beam options run the job inside this process (and its children), as
     opposed to a service (Dataflow) where the job outlives the launcher."""
-    return PipelineOptions(beam_args).get_all_options().get("runner") in LOCAL_RUNNERS
+    return runner_name(beam_args) in LOCAL_RUNNERS
 
 
 DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow", "TestDataflowRunner")
@@ -119,7 +124,7 @@ DATAFLOW_RUNNERS = ("DataflowRunner", "dataflow", "TestDataflowRunner")
 def runner_problem(beam_args: list[str]) -> str | None:
     """Why the chosen runner cannot run from this installation, or None: checked before
     any planning, so a missing extra is one clear line rather than a traceback later."""
-    runner = PipelineOptions(beam_args).get_all_options().get("runner")
+    runner = runner_name(beam_args)
     if runner in DATAFLOW_RUNNERS:
         try:
             import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401

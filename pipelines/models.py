@@ -84,9 +84,10 @@ def make_flow_engine(opts: RunOptions) -> FlowEngine | None:
 
 
 def _read(path: str, what: str) -> bytes:
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{what} {path}: file not found")
-    return storage.read_bytes(path)
+    try:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path}: file not found") from None
 
 
 def make_vggish(opts: RunOptions) -> Vggish | None:

@@ -174,7 +174,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-device-batches", type=_positive(int), default=2,
                         help="torch flow batches a worker process runs at once, whatever its "
                         "thread count (default 2): bounds GPU memory at about this times "
-                        "--flow-batch-size times 50 MB for 340x256 frames")
+                        "--flow-batch-size times 40 MiB for 340x256 frames")
     parser.add_argument("--flow-raw", action="store_true",
                         help="also store raw flow as float16 KEY.flow.NNNNNN.npy members")
     parser.add_argument("--vggish-backend", choices=VGGISH_BACKENDS, default="torch",
@@ -207,10 +207,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no live progress display")
 
 
+TRUE_WORDS = ("true", "1", "yes")  # what a boolean value accepts, case-insensitive
+FALSE_WORDS = ("false", "0", "no")
+
+
 def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
+    if text.lower() in TRUE_WORDS:
         return True
-    if text.lower() in ("0", "false", "no"):
+    if text.lower() in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 

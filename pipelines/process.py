@@ -50,7 +50,8 @@ def failed(entry: PlanEntry, stage: str, reason: str) -> dict[str, Any]:
 def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
     """The checkpointed result of an earlier attempt at this video, if any."""
     path = layout.result_path(opts.output, entry.shard, entry.line)
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+    text = storage.read_text_if_exists(path)
+    return json.loads(text) if text is not None else None
 
 
 def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = None,
@@ -61,25 +62,10 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
     ``attempts``: which processing of this video this is (recorded). ``clock``, when
     given, is charged the time of each stage (not recorded: timings vary run to run)."""
     clock = clock or NoClock()
-    died = 0
-    if not entry.error:
-        with clock.stage("write"):
-            died = _count_start(opts, entry)
     if entry.error:
         result = failed(entry, "manifest", entry.error)
-    elif died >= MAX_STARTS:
-        result = failed(entry, "worker", f"the worker processing it died {died} times (killed "
-                        f"for memory, or a crash in a native library); not started again")
     else:
-        try:
-            if models is None:
-                models = load_models(opts)
-            result = {**base_row(entry), "status": OK,
-                      **_extract(entry, opts, models, clock)}
-        except MediaError as exc:
-            result = failed(entry, exc.stage, exc.reason)
-        except Exception as exc:  # a bug or an environment problem: still recorded
-            result = failed(entry, "internal", f"{type(exc).__name__}: {exc}")
+        result = _process_media(entry, opts, models, clock)
     result["attempts"] = attempts
     crash_point("process:fragment")
     with clock.stage("write"):
@@ -89,11 +75,29 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
     return result
 
 
+def _process_media(entry: PlanEntry, opts: RunOptions, models: Models | None,
+                   clock: StageClock) -> dict[str, Any]:
+    """The result of a video the plan found: its sample's fields, or a failure."""
+    with clock.stage("write"):
+        died = _count_start(opts, entry)
+    if died >= MAX_STARTS:
+        return failed(entry, "worker", f"the worker processing it died {died} times (killed "
+                      f"for memory, or a crash in a native library); not started again")
+    try:
+        if models is None:
+            models = load_models(opts)
+        return {**base_row(entry), "status": OK, **_extract(entry, opts, models, clock)}
+    except MediaError as exc:
+        return failed(entry, exc.stage, exc.reason)
+    except Exception as exc:  # a bug or an environment problem: still recorded
+        return failed(entry, "internal", f"{type(exc).__name__}: {exc}")
+
+
 def _count_start(opts: RunOptions, entry: PlanEntry) -> int:
     """Records one more start of this video unless it reached MAX_STARTS; returns how
     many earlier starts ended without a result (its worker died)."""
     path = layout.starts_path(opts.output, entry.shard, entry.line)
-    earlier = int(storage.read_text(path)) if storage.exists(path) else 0
+    earlier = int(storage.read_text_if_exists(path) or 0)
     if earlier < MAX_STARTS:
         storage.write_atomic(path, str(earlier + 1).encode())
     return earlier

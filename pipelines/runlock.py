@@ -128,21 +128,21 @@ class RunLock:
         """Leaves the lock to a remote job that goes on without this process: the beats
         stop, and the heartbeat is set ``grace_s`` ahead so the lock holds while the
         job's workers start (they then keep it fresh, see ``worker_heartbeat``)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        held = self._read()
-        if held and held.get("token") == self.doc["token"]:
+        if self._stop_beating():
             doc = {**self.doc, "heartbeat": time.time() + grace_s, "handed_over": True}
             storage.write_atomic(self.path, json.dumps(doc, sort_keys=True).encode())
 
     def release(self) -> None:
+        if self._stop_beating():
+            storage.delete([self.path])
+
+    def _stop_beating(self) -> bool:
+        """Stops the heartbeat; returns whether the lock is still this run's."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         held = self._read()
-        if held and held.get("token") == self.doc["token"]:
-            storage.delete([self.path])
+        return bool(held) and held.get("token") == self.doc["token"]
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -39,6 +39,15 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8-sig")
 
 
+def read_text_if_exists(path: str) -> str | None:
+    """The file's text, or None when there is no such file: one request when it exists
+    (a checkpoint on a resumed run), not an existence check and then a read."""
+    try:
+        return read_text(path)
+    except FileNotFoundError:
+        return None
+
+
 def makedirs(path: str) -> None:
     """Creates a local folder (object stores have none to create)."""
     if path and is_local(path):
