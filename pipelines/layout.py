@@ -1,12 +1,14 @@
 """Where things live in an output folder."""
 from __future__ import annotations
 
+import os
 import posixpath
 
 from actprep.pipelines.storage import FileSystems, join
 from actprep.schemas.plan import shard_name
 
 PLAN = "plan.jsonl"
+PLAN_SHARDS = "plan-shards.json"  # where each shard's lines are in the plan
 LABELS = "labels.json"
 RUN = "run.json"
 INDEX_DIR = "index"
@@ -35,9 +37,27 @@ def result_path(output: str, shard: int, line: int) -> str:
     return join(work_dir(output, shard), f"{line:09d}.result.json")
 
 
+def incomplete_path(output: str, shard: int) -> str:
+    """Why the last commit attempt of a shard refused it (missing or extra results)."""
+    return join(work_dir(output, shard), "incomplete.json")
+
+
 def starts_path(output: str, shard: int, line: int) -> str:
     """How many times processing of this video has started (``process.MAX_STARTS``)."""
     return join(work_dir(output, shard), f"{line:09d}.starts")
+
+
+def work_shards(output: str) -> set[int]:
+    """Shards with a work folder (checkpoints of an unfinished commit): one listing."""
+    work = join(output, WORK_DIR)
+    if "://" in work:
+        paths = [m.path[len(work):].lstrip("/") for m in
+                 FileSystems.match([work + "/**"])[0].metadata_list]
+    else:
+        paths = os.listdir(work) if os.path.isdir(work) else []
+    names = {p.split("/", 1)[0] for p in paths}
+    return {int(n[len("shard-"):]) for n in names
+            if n.startswith("shard-") and n[len("shard-"):].isdigit()}
 
 
 def shard_tars(output: str) -> dict[int, int]:
