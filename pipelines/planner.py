@@ -1,16 +1,25 @@
-"""Step 1 of a run: manifest -> label map -> plan, written into the output once."""
+"""Step 1 of a run: manifest -> label map -> plan, written into the output once.
+
+Planning streams: the manifest is read line by line, the video root listed once into a
+temporary SQLite database (``plansort``), the rows stored there and read back in plan order,
+each entry handed to the plan writer. Memory does not grow with the manifest or the root.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.options import TRANSIENT, RunOptions
+from actprep.pipelines.planfile import PlanWriter, plan_writer, read_spans
+from actprep.pipelines.plansort import (SqliteVideos, iter_files, manifest_lines, scratch_db,
+                                        sorted_rows, store_rows, text_sha256)
 from actprep.schemas.labels import LabelMap, parse_class_list
-from actprep.schemas.manifest import VideoIndex, check_rows, read_manifest
-from actprep.schemas.plan import PlanEntry, make_plan
+from actprep.schemas.manifest import ManifestRow, check_sorted, iter_manifest
+from actprep.schemas.plan import ShardSpan, plan_entry
 from actprep.schemas.version import LAYOUT_VERSION
 
 MIT_CATEGORIES = "moments_categories.txt"
@@ -22,13 +31,19 @@ class PlanMismatch(RuntimeError):
 
 @dataclass(frozen=True)
 class Plan:
-    entries: list[PlanEntry]
+    """What a run knows of its plan without holding it: where each shard's entries are."""
+
+    spans: list[ShardSpan]
     labels: LabelMap
     reused: bool
 
     @property
     def shards(self) -> int:
-        return max((e.shard for e in self.entries), default=-1) + 1
+        return len(self.spans)
+
+    @property
+    def entries(self) -> int:
+        return sum(s.count for s in self.spans)
 
 
 def _class_list_path(opts: RunOptions) -> str | None:
@@ -40,30 +55,49 @@ def _class_list_path(opts: RunOptions) -> str | None:
     return None
 
 
-def derive_plan(opts: RunOptions, manifest_text: str) -> tuple[list[PlanEntry], LabelMap]:
-    """Reads the video root and the class list and resolves every manifest row."""
-    videos = VideoIndex(storage.list_files(opts.video_root)) if opts.video_root else None
-    rows = read_manifest(opts.dataset, manifest_text, opts.manifest, videos, opts.split)
-    class_path = _class_list_path(opts)
-    if class_path:
-        labels = parse_class_list(storage.read_text(class_path), class_path)
-        rows = check_rows(rows, set(labels.names), class_path)
-    else:
-        labels = LabelMap.from_labels(r.label for r in rows)
-        rows = check_rows(rows, None)
-    root = opts.video_root or posixpath.dirname(opts.manifest) or "."
-    return make_plan(rows, labels, opts.dataset, root, opts.shard_size), labels
+def derive_plan(opts: RunOptions, writer: PlanWriter) -> LabelMap:
+    """Lists the video root once, streams the manifest's rows through a scratch database
+    into (key, line) order, checks them and hands each plan entry to ``writer`` (in shard
+    order, as ``make_plan(check_rows(rows))`` would give them); returns the label map."""
+    if opts.shard_size < 1:
+        raise ValueError(f"shard size must be at least 1, got {opts.shard_size}")
+    with scratch_db() as db:
+        videos = SqliteVideos(db, iter_files(opts.video_root)) if opts.video_root else None
+        seen: set[str] = set()
+        with manifest_lines(opts.manifest) as lines:
+            rows = iter_manifest(opts.dataset, lines, opts.manifest, videos, opts.split)
+            store_rows(db, _noting_labels(rows, seen))
+        class_path = _class_list_path(opts)
+        if class_path:
+            labels = parse_class_list(storage.read_text(class_path), class_path)
+            checked = check_sorted(sorted_rows(db), set(labels.names), class_path)
+        else:
+            labels = LabelMap.from_labels(seen)
+            checked = check_sorted(sorted_rows(db), None)
+        root = opts.video_root or posixpath.dirname(opts.manifest) or "."
+        for position, row in enumerate(checked):
+            writer.add(plan_entry(row, position // opts.shard_size, labels, opts.dataset, root))
+    return labels
 
 
-def shaping(opts: RunOptions, manifest_text: str) -> dict:
-    """What fixes the output's content: a rerun must match it exactly."""
+def _noting_labels(rows: Iterable[ManifestRow], seen: set[str]) -> Iterator[ManifestRow]:
+    """The rows, unchanged, with each label added to ``seen`` (the label map's source)."""
+    for row in rows:
+        if row.label is not None:
+            seen.add(row.label)
+        yield row
+
+
+def shaping(opts: RunOptions, manifest_sha256: str | None = None) -> dict:
+    """What fixes the output's content: a rerun must match it exactly. The manifest's hash
+    is of its text (BOM dropped), streamed from the file unless given."""
     doc = opts.as_dict()
     for transient in TRANSIENT:  # speed, not meaning; the flow backend/device used is in each sample's metadata
         doc.pop(transient)
     if "flow" not in opts.modalities:  # as before flow existed: older outputs still resume
         for name in ("flow_preset", "flow_bound", "flow_raw"):
             doc.pop(name)
-    doc["manifest_sha256"] = hashlib.sha256(manifest_text.encode()).hexdigest()
+    doc["manifest_sha256"] = manifest_sha256 or text_sha256(opts.manifest)
     class_path = _class_list_path(opts)
     doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()
                              if class_path else None)
@@ -74,8 +108,7 @@ def shaping(opts: RunOptions, manifest_text: str) -> dict:
 def load_or_create_plan(opts: RunOptions) -> Plan:
     """The plan in the output if there is one (checked against these options), else a
     new plan written there. Shard membership never changes under a resumed job."""
-    manifest_text = storage.read_text(opts.manifest)
-    wanted = shaping(opts, manifest_text)
+    wanted = shaping(opts)
     run_path = storage.join(opts.output, layout.RUN)
     if storage.exists(run_path):
         found = json.loads(storage.read_text(run_path))
@@ -84,15 +117,12 @@ def load_or_create_plan(opts: RunOptions) -> Plan:
             raise PlanMismatch(
                 f"{opts.output} holds a run with other settings ({', '.join(diff)} differ); "
                 f"rerun with the same command to resume, or choose a new --output")
-        text = storage.read_text(storage.join(opts.output, layout.PLAN))
-        entries = [PlanEntry.from_json(line) for line in text.splitlines() if line]
         labels = LabelMap.from_json(storage.read_text(storage.join(opts.output, layout.LABELS)))
-        return Plan(entries, labels, reused=True)
-    entries, labels = derive_plan(opts, manifest_text)
+        return Plan(read_spans(opts.output), labels, reused=True)
     storage.makedirs(opts.output)
-    plan_text = "".join(e.to_json() + "\n" for e in entries)
-    storage.write_atomic(storage.join(opts.output, layout.PLAN), plan_text.encode())
+    with plan_writer(opts.output) as writer:
+        labels = derive_plan(opts, writer)
     storage.write_atomic(storage.join(opts.output, layout.LABELS), labels.to_json().encode())
     # run.json last: its presence means the plan is complete.
     storage.write_atomic(run_path, (json.dumps(wanted, indent=1, sort_keys=True) + "\n").encode())
-    return Plan(entries, labels, reused=False)
+    return Plan(writer.spans, labels, reused=False)

@@ -1,8 +1,9 @@
 """Manifest parsing: Kinetics, Moments in Time and generic lists into one row type.
 
-Parsers are pure: they get the manifest's text and the list of files under the video root
-(listed by the pipeline through Beam's FileSystems) and return one ``ManifestRow`` per data
-row. A malformed file (wrong header, wrong field count) raises ``ManifestError`` naming the
+Parsers are pure: they get the manifest's lines (``iter_*``, streamed: a generator of rows)
+or its whole text (``read_*``, a list) and a lookup of the files under the video root (listed
+by the pipeline through Beam's FileSystems), and give one ``ManifestRow`` per data row.
+A malformed file (wrong header, wrong field count) raises ``ManifestError`` naming the
 file and line; a row that is well formed but unusable (missing video, unknown label,
 duplicate key, path outside the root) carries an ``error`` and becomes a recorded failure.
 """
@@ -16,13 +17,14 @@ import posixpath
 import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Iterable, Iterator, Protocol
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi")
 DATASETS = ("kinetics", "mit", "generic")
 MAX_KEY_LENGTH = 160
 _KEY_OK = re.compile(r"^[A-Za-z0-9_+\-]+$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_+\-]")
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 MIT_SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 
 
@@ -42,16 +44,36 @@ class ManifestRow:
     error: str | None = None  # why this row cannot be processed
 
 
+class VideoLookup(Protocol):
+    """What the parsers ask of the files under the video root (root-relative POSIX paths)."""
+
+    def find_stem(self, stem: str) -> list[str]:
+        """The video files (``VIDEO_EXTENSIONS``, any case) named ``stem``, sorted."""
+
+    def __contains__(self, rel: object) -> bool:
+        """Whether the file ``rel`` is there."""
+
+
+def video_stem(rel: str) -> str | None:
+    """The file name without extension when ``rel`` has a video extension, else None."""
+    stem, ext = posixpath.splitext(posixpath.basename(rel))
+    return stem if ext.lower() in VIDEO_EXTENSIONS else None
+
+
 class VideoIndex:
-    """The video files found under the video root, as root-relative POSIX paths."""
+    """The video files found under the video root, held in memory (small roots, tests; the
+    planner uses an SQLite-backed ``VideoLookup`` of bounded memory)."""
 
     def __init__(self, relpaths: Iterable[str]):
         self.paths = frozenset(p.lstrip("/") for p in relpaths)
         self.by_stem: dict[str, list[str]] = defaultdict(list)
         for rel in sorted(self.paths):
-            stem, ext = posixpath.splitext(posixpath.basename(rel))
-            if ext.lower() in VIDEO_EXTENSIONS:
+            stem = video_stem(rel)
+            if stem is not None:
                 self.by_stem[stem].append(rel)
+
+    def find_stem(self, stem: str) -> list[str]:
+        return self.by_stem.get(stem, [])
 
     def __contains__(self, rel: object) -> bool:
         return rel in self.paths
@@ -82,7 +104,7 @@ def path_key(relpath: str) -> str:
 
 def contained_path(path: str, absolute_ok: bool) -> str | None:
     """Normalised path, or None when it escapes the video root."""
-    if path.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*://", path):
+    if path.startswith("/") or _URI.match(path):
         return path if absolute_ok else None
     norm = posixpath.normpath(path)
     if norm == ".." or norm.startswith("../") or norm == ".":
@@ -93,9 +115,10 @@ def contained_path(path: str, absolute_ok: bool) -> str | None:
 # --------------------------------------------------------------------------- readers
 
 
-def _csv_rows(text: str, source: str, required: list[str]) -> Iterable[tuple[int, dict]]:
+def _csv_rows(lines: Iterable[str], source: str,
+              required: list[str]) -> Iterator[tuple[int, dict]]:
     """Rows of a CSV with a header; every row must have the header's field count."""
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
         raise ManifestError(f"{source}: the manifest is empty")
@@ -127,23 +150,27 @@ def _int_field(value: str, name: str, source: str, line: int) -> int:
     return int(number)
 
 
-def read_kinetics(text: str, source: str, videos: VideoIndex) -> list[ManifestRow]:
+def iter_kinetics(lines: Iterable[str], source: str, videos: VideoLookup,
+                  split: str | None = None) -> Iterator[ManifestRow]:
     """Kinetics-400/600/700 CSV (``label,youtube_id,time_start,time_end,split``; the
     test-split form has no label). Videos are found by their standard name anywhere
-    under the root (flat, per-class or per-split folders)."""
-    rows = []
-    for line, rec in _csv_rows(text, source, ["youtube_id", "time_start", "time_end"]):
+    under the root (flat, per-class or per-split folders). ``split`` overrides the rows'."""
+    for line, rec in _csv_rows(lines, source, ["youtube_id", "time_start", "time_end"]):
         start = _int_field(rec["time_start"], "time_start", source, line)
         end = _int_field(rec["time_end"], "time_end", source, line)
         key = kinetics_key(rec["youtube_id"], start, end)
         label = rec.get("label") or None
         path, error = _find_by_stem(videos, key)
-        rows.append(ManifestRow(line, key, path, label, rec.get("split") or None, error))
-    return rows
+        yield ManifestRow(line, key, path, label, split or rec.get("split") or None, error)
 
 
-def _find_by_stem(videos: VideoIndex, stem: str) -> tuple[str | None, str | None]:
-    found = videos.by_stem.get(stem, [])
+def read_kinetics(text: str, source: str, videos: VideoLookup) -> list[ManifestRow]:
+    """``iter_kinetics`` over a whole text."""
+    return list(iter_kinetics(io.StringIO(text), source, videos))
+
+
+def _find_by_stem(videos: VideoLookup, stem: str) -> tuple[str | None, str | None]:
+    found = videos.find_stem(stem)
     if not found:
         exts = "/".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
         return None, f"video not found: no {stem}.{{{exts}}} under the video root"
@@ -152,12 +179,12 @@ def _find_by_stem(videos: VideoIndex, stem: str) -> tuple[str | None, str | None
     return found[0], None
 
 
-def read_mit(text: str, source: str, videos: VideoIndex, split: str | None) -> list[ManifestRow]:
+def iter_mit(lines: Iterable[str], source: str, videos: VideoLookup,
+             split: str | None) -> Iterator[ManifestRow]:
     """Moments in Time ``trainingSet.csv`` / ``validationSet.csv``: header-less rows
     ``category/file.mp4,category,agreement,disagreement``. The video is looked up at the
     row's path under the root, or under the release's ``training/`` / ``validation/``."""
-    rows = []
-    for line, fields in enumerate(csv.reader(io.StringIO(text)), 1):
+    for line, fields in enumerate(csv.reader(lines), 1):
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) < 2:
@@ -166,9 +193,13 @@ def read_mit(text: str, source: str, videos: VideoIndex, split: str | None) -> l
                 f"disagreement', got {len(fields)} field(s)"
             )
         rel, label = fields[0].strip(), fields[1].strip()
-        rows.append(_path_row(line, rel, label, split, videos, absolute_ok=False,
-                              fallbacks=_mit_fallbacks(rel, split)))
-    return rows
+        yield _path_row(line, rel, label, split, videos, absolute_ok=False,
+                        fallbacks=_mit_fallbacks(rel, split))
+
+
+def read_mit(text: str, source: str, videos: VideoLookup, split: str | None) -> list[ManifestRow]:
+    """``iter_mit`` over a whole text."""
+    return list(iter_mit(io.StringIO(text), source, videos, split))
 
 
 def _mit_fallbacks(rel: str, split: str | None) -> list[str]:
@@ -177,41 +208,50 @@ def _mit_fallbacks(rel: str, split: str | None) -> list[str]:
     return [f"{f}/{rel}" for f in folders]
 
 
-def read_generic(text: str, source: str, videos: VideoIndex | None) -> list[ManifestRow]:
+def iter_generic(lines: Iterable[str], source: str, videos: VideoLookup | None,
+                 split: str | None = None) -> Iterator[ManifestRow]:
     """A generic list, CSV with header ``path,label[,split]`` or JSON Lines with the same
     keys. Paths are relative to the video root; without a root (videos None) they are used
-    as given and existence is checked when the video is opened."""
+    as given and existence is checked when the video is opened. ``split`` overrides."""
     if source.endswith((".jsonl", ".json")):
-        records = _jsonl_rows(text, source)
+        records = _jsonl_rows(lines, source)
     else:
-        records = _csv_rows(text, source, ["path"])
-    rows = []
+        records = _csv_rows(lines, source, ["path"])
     for line, rec in records:
         path = str(rec.get("path") or "").strip()
         if not path:
             raise ManifestError(f"{source}:{line}: empty path")
         label = rec.get("label")
         label = None if label in (None, "") else str(label).strip()
-        split = rec.get("split") or None
-        rows.append(_path_row(line, path, label, split, videos, absolute_ok=videos is None))
-    return rows
+        row_split = split or rec.get("split") or None
+        yield _path_row(line, path, label, row_split, videos, absolute_ok=videos is None)
 
 
-def _jsonl_rows(text: str, source: str) -> Iterable[tuple[int, dict]]:
-    for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{source}:{line}: not valid JSON: {exc.msg}") from None
-        if not isinstance(rec, dict) or "path" not in rec:
-            raise ManifestError(f"{source}:{line}: expected an object with a 'path' key")
-        yield line, rec
+def read_generic(text: str, source: str, videos: VideoLookup | None) -> list[ManifestRow]:
+    """``iter_generic`` over a whole text."""
+    return list(iter_generic(io.StringIO(text), source, videos))
+
+
+def _jsonl_rows(lines: Iterable[str], source: str) -> Iterator[tuple[int, dict]]:
+    """JSON objects, one a line. Lines are numbered as ``str.splitlines`` splits: each
+    '\n'-ended chunk is split again, so the numbers match those of the whole text."""
+    line = 0
+    for chunk in lines:
+        for raw in chunk.splitlines():
+            line += 1
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{source}:{line}: not valid JSON: {exc.msg}") from None
+            if not isinstance(rec, dict) or "path" not in rec:
+                raise ManifestError(f"{source}:{line}: expected an object with a 'path' key")
+            yield line, rec
 
 
 def _path_row(line: int, path: str, label: str | None, split: str | None,
-              videos: VideoIndex | None, absolute_ok: bool,
+              videos: VideoLookup | None, absolute_ok: bool,
               fallbacks: Iterable[str] = ()) -> ManifestRow:
     rel = contained_path(path, absolute_ok)
     if rel is None:
@@ -247,21 +287,46 @@ def check_rows(rows: list[ManifestRow], labels_known: "set[str] | None",
     return out
 
 
-def read_manifest(dataset: str, text: str, source: str, videos: VideoIndex | None,
-                  split: str | None = None) -> list[ManifestRow]:
-    """Dispatch on the dataset kind; ``split`` overrides or supplies the split."""
+def check_sorted(rows: Iterable[ManifestRow], labels_known: "set[str] | None",
+                 class_source: str = "") -> Iterator[ManifestRow]:
+    """``check_rows`` for rows streamed in (key, line) order, holding one key at a time:
+    a key's rows are adjacent, its lowest line first, so that one is the first seen."""
+    key: str | None = None
+    key_error: str | None = None
+    first = 0
+    for row in rows:
+        if row.key != key:
+            key, key_error, first = row.key, check_key(row.key), row.line
+            duplicate = None
+        else:
+            duplicate = f"duplicate key {key} (first at line {first})"
+        error = row.error or key_error or duplicate
+        if error is None and labels_known is not None and row.label is not None \
+                and row.label not in labels_known:
+            error = f"unknown label {row.label!r} (not in {class_source})"
+        yield row if error == row.error else replace(row, error=error)
+
+
+def iter_manifest(dataset: str, lines: Iterable[str], source: str,
+                  videos: VideoLookup | None, split: str | None = None) -> Iterator[ManifestRow]:
+    """Dispatch on the dataset kind (checked at once, before any line is read); ``split``
+    overrides or supplies the split."""
     if dataset == "kinetics":
-        rows = read_kinetics(text, source, _need(videos, dataset))
-    elif dataset == "mit":
-        rows = read_mit(text, source, _need(videos, dataset), split or _mit_split(source))
-    elif dataset == "generic":
-        rows = read_generic(text, source, videos)
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    return [replace(r, split=split) for r in rows] if split else rows
+        return iter_kinetics(lines, source, _need(videos, dataset), split)
+    if dataset == "mit":
+        return iter_mit(lines, source, _need(videos, dataset), split or _mit_split(source))
+    if dataset == "generic":
+        return iter_generic(lines, source, videos, split)
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
-def _need(videos: VideoIndex | None, dataset: str) -> VideoIndex:
+def read_manifest(dataset: str, text: str, source: str, videos: VideoLookup | None,
+                  split: str | None = None) -> list[ManifestRow]:
+    """``iter_manifest`` over a whole text."""
+    return list(iter_manifest(dataset, io.StringIO(text), source, videos, split))
+
+
+def _need(videos: VideoLookup | None, dataset: str) -> VideoLookup:
     if videos is None:
         raise ManifestError(f"--video-root is required for {dataset} manifests")
     return videos

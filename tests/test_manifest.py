@@ -11,7 +11,10 @@ from actprep.schemas.manifest import (
     VideoIndex,
     check_key,
     check_rows,
+    check_sorted,
     contained_path,
+    iter_kinetics,
+    iter_manifest,
     kinetics_key,
     path_key,
     read_generic,
@@ -72,6 +75,7 @@ def test_video_index_by_stem_ignores_non_video_files():
     idx = VideoIndex(["/a/x.mp4", "b/x.txt", "c/y.MKV", "z.mp4.part"])
     assert "a/x.mp4" in idx
     assert dict(idx.by_stem) == {"x": ["a/x.mp4"], "y": ["c/y.MKV"]}
+    assert idx.find_stem("x") == ["a/x.mp4"] and idx.find_stem("z") == []
 
 
 # --------------------------------------------------------------------------- Kinetics
@@ -387,3 +391,39 @@ def test_kinetics_id_with_a_dot_is_flagged():
     videos = VideoIndex(["ab.cd_000001_000002.mp4"])
     rows = check_rows(read_kinetics(K_HEADER + "a,ab.cd,1,2,train\n", "k.csv", videos), None)
     assert rows[0].error and "ab.cd_000001_000002" in rows[0].error
+
+
+def test_check_sorted_streams_check_rows_in_plan_order():
+    rows = [
+        ManifestRow(2, "k1", "k1.mp4", "a", "train"),
+        ManifestRow(3, "bad.key", "bad.key.mp4", "a", "train"),
+        ManifestRow(4, "bad.key", "bad.key.mp4", "zz", "train"),
+        ManifestRow(5, "k2", None, "a", "train", "video not found: k2"),
+        ManifestRow(6, "k1", "k1.mp4", "b", "train"),
+        ManifestRow(7, "k3", "k3.mp4", None, "test"),
+        ManifestRow(8, "k2", "k2.mp4", "a", "train"),
+        ManifestRow(9, "k1", "k1.mp4", "zz", "train"),
+        ManifestRow(10, "k4", "k4.mp4", "zz", "train"),
+    ]
+    def order(row: ManifestRow) -> tuple[str, int]:
+        return row.key, row.line
+
+    for known in (None, {"a", "b"}):
+        want = sorted(check_rows(rows, known, "c.txt"), key=order)
+        assert list(check_sorted(sorted(rows, key=order), known, "c.txt")) == want
+
+
+def test_parsers_stream_lines():
+    """A row comes out as soon as its line is read: nothing waits for the whole file."""
+    def lines():
+        yield K_HEADER
+        yield "abseiling,-aBc_DeF-12,10,20,train\n"
+        raise AssertionError("read past the first row")
+
+    row = next(iter_kinetics(lines(), "k.csv", _kinetics_videos()))
+    assert row.key == "-aBc_DeF-12_000010_000020" and row.error is None
+    rows = iter_manifest("kinetics", iter([K_HEADER, "a,-aBc_DeF-12,10,20,train\n"]), "k.csv",
+                         _kinetics_videos(), split="test")
+    assert [r.split for r in rows] == ["test"]
+    with pytest.raises(ManifestError, match="video-root"):
+        iter_manifest("mit", iter([]), "trainingSet.csv", None)  # at once, not when iterated

@@ -13,6 +13,7 @@ import pytest
 from actprep.extractors.rgb import encode_jpeg
 from actprep.pipelines import layout
 from actprep.pipelines.options import RunOptions
+from actprep.pipelines.planfile import iter_entries
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.schemas.index import FIELDS, INDEX_SCHEMA, index_table, read_index, write_index
 from actprep.schemas.labels import LabelMap
@@ -344,9 +345,11 @@ def test_planner_creates_then_reuses(kinetics_run):
     for name in (layout.PLAN, layout.LABELS, layout.RUN):
         assert os.path.isfile(os.path.join(opts.output, name))
     assert first.labels.names == ("abseiling", "passing American football (in game)", "zumba")
-    assert [e.key for e in first.entries] == sorted(e.key for e in first.entries)
-    assert len(first.entries) == 5 and first.shards == 3
-    by_key = {e.key: e for e in first.entries}
+    entries = list(iter_entries(opts.output))
+    assert [e.key for e in entries] == sorted(e.key for e in entries)
+    assert first.entries == len(entries) == 5 and first.shards == 3
+    assert [e.shard for e in entries] == [0, 0, 1, 1, 2]
+    by_key = {e.key: e for e in entries}
     e = by_key["-aBc_DeF-12_000010_000020"]
     assert e.path == opts.video_root + "/train/abseiling/-aBc_DeF-12_000010_000020.mkv"
     assert e.label_index == 0 and e.error is None
@@ -354,14 +357,15 @@ def test_planner_creates_then_reuses(kinetics_run):
     run = json.loads(open(os.path.join(opts.output, layout.RUN)).read())
     assert run["shard_size"] == 2 and "manifest_sha256" in run and "output" not in run
     plan_lines = open(os.path.join(opts.output, layout.PLAN)).read().splitlines()
-    assert [PlanEntry.from_json(x) for x in plan_lines] == first.entries
+    assert [PlanEntry.from_json(x) for x in plan_lines] == entries
 
     # a video appearing later does not change a reused plan; nor does the progress flag
     open(os.path.join(opts.video_root, "Not_There_1_000001_000011.mp4"), "wb").close()
     again = load_or_create_plan(RunOptions(**{**opts.as_dict(), "progress": True,
                                               "mfcc": opts.mfcc}))
     assert again.reused is True
-    assert again.entries == first.entries
+    assert again.spans == first.spans
+    assert list(iter_entries(opts.output)) == entries
     assert again.labels == first.labels
 
 
@@ -394,7 +398,7 @@ def test_planner_uses_class_list_order(kinetics_run, tmp_path):
     plan = load_or_create_plan(opts)
     assert plan.labels.names == ("zumba", "passing American football (in game)", "abseiling",
                                  "yoga")
-    by_key = {e.key: e for e in plan.entries}
+    by_key = {e.key: e for e in iter_entries(opts.output)}
     assert by_key["zz_id_00001_000000_000010"].label_index == 0
     assert by_key["-aBc_DeF-12_000010_000020"].label_index == 2
     saved = LabelMap.from_json(open(os.path.join(opts.output, layout.LABELS)).read())
@@ -416,10 +420,12 @@ def test_planner_mit_categories_next_to_manifest(tmp_path):
                       video_root=str(root), shard_size=10, progress=False)
     plan = load_or_create_plan(opts)
     assert plan.labels.names == ("abseiling", "barking")
-    assert [(e.key, e.line, e.label_index, e.split) for e in plan.entries] == [
+    entries = list(iter_entries(opts.output))
+    assert [(e.key, e.line, e.label_index, e.split) for e in entries] == [
         ("abseiling__getty-1", 2, 0, "train"),
         ("abseiling__getty-1", 3, None, "train"),
         ("barking__giphy-ZxYw", 1, 1, "train"),
     ]
-    assert plan.entries[0].path == str(root) + "/training/abseiling/getty-1.mp4"
-    assert "duplicate key" in plan.entries[1].error
+    assert plan.entries == 3
+    assert entries[0].path == str(root) + "/training/abseiling/getty-1.mp4"
+    assert "duplicate key" in entries[1].error

@@ -1,0 +1,211 @@
+"""Planning's scratch space: the manifest streamed, the video root's listing and the rows in
+a temporary SQLite database, so planning holds neither the listing nor the rows in memory.
+
+Held at any time: one read chunk of the manifest, SQLite's page cache (``CACHE_KIB``) and
+its sorter (about the same), one row. A root of 650k files and a manifest of 800k rows cost
+disk in a temporary folder, not RAM; each step is one pass, one sort or an indexed lookup.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import os
+import sqlite3
+import tempfile
+from typing import IO, Iterable, Iterator
+
+from actprep.pipelines import storage
+from actprep.schemas.manifest import ManifestRow, video_stem
+
+CHUNK = 1 << 20  # bytes read from the manifest at a time
+CACHE_KIB = 16000  # SQLite page cache; the sorter's in-memory runs are bounded by it too
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def decoded_chunks(stream: IO[bytes]) -> Iterator[str]:
+    """The stream's text, chunk by chunk: UTF-8 with a leading BOM dropped, exactly as
+    ``storage.read_text`` decodes the whole file."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    while data := stream.read(CHUNK):
+        if text := decoder.decode(data):
+            yield text
+    if text := decoder.decode(b"", final=True):
+        yield text
+
+
+def text_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """'\\n'-ended lines (the last may lack it), as iterating ``io.StringIO(text)`` gives:
+    CR and CRLF stay inside the line for the csv module to judge."""
+    tail = ""
+    for chunk in chunks:
+        *whole, last = (tail + chunk).split("\n")
+        for line in whole:
+            yield line + "\n"
+        tail = last
+    if tail:
+        yield tail
+
+
+@contextlib.contextmanager
+def manifest_lines(path: str) -> Iterator[Iterator[str]]:
+    """The manifest's lines, streamed from any filesystem."""
+    with storage.FileSystems.open(path, compression_type="uncompressed") as stream:
+        yield text_lines(decoded_chunks(stream))
+
+
+def text_sha256(path: str) -> str:
+    """sha256 of the file's text encoded as UTF-8 (``storage.read_text(path).encode()``)
+    in one streaming pass; a missing file raises FileNotFoundError as ``read_bytes`` does."""
+    digest = hashlib.sha256()
+    try:
+        with storage.FileSystems.open(path, compression_type="uncompressed") as stream:
+            for text in decoded_chunks(stream):
+                digest.update(text.encode())
+    except Exception:
+        if not storage.exists(path):
+            raise FileNotFoundError(f"{path}: file not found") from None
+        raise
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the video root
+
+
+def iter_files(root: str) -> Iterator[str]:
+    """Every file under ``root`` as root-relative POSIX paths, like ``storage.list_files``
+    but streamed: one walk of a local folder, one prefix listing of an object store."""
+    root = root.rstrip("/")
+    if storage.is_local(root):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"video root {root} is not a directory")
+        return _walk(root)
+    return _object_names(root)
+
+
+def _walk(root: str) -> Iterator[str]:
+    """``os.walk(root, followlinks=True)``'s files, without holding a folder's names."""
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except OSError:
+            continue  # as os.walk: an unreadable folder is skipped
+        with entries:
+            while True:
+                try:
+                    entry = next(entries)
+                except (StopIteration, OSError):
+                    break
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    pending.append(name)
+                else:
+                    yield name
+
+
+def _object_names(root: str) -> Iterator[str]:
+    prefix = root + "/"
+    count = 0
+    for path in _object_paths(prefix):
+        if path.startswith(prefix) and len(path) > len(prefix):
+            count += 1
+            yield path[len(prefix):]
+    if not count:  # an object store has no empty folders: a mistyped root
+        raise FileNotFoundError(f"video root {root}: no files under it")
+
+
+def _object_paths(prefix: str) -> Iterable[str]:
+    """Full paths under ``prefix``, page by page. On GCS straight from the storage client:
+    Beam's listing keeps a set of every name it has yielded."""
+    fs = storage.FileSystems.get_filesystem(prefix)
+    gcs = getattr(fs, "_gcsIO", None) if prefix.startswith("gs://") else None
+    if gcs is None:
+        return (meta.path for meta in fs._list(prefix))  # FileSystem's listing primitive
+    bucket, _, name_prefix = prefix[len("gs://"):].partition("/")
+    blobs = gcs().client.list_blobs(bucket, prefix=name_prefix,
+                                    fields="items(name),nextPageToken")
+    return (f"gs://{bucket}/{blob.name}" for blob in blobs)
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+@contextlib.contextmanager
+def scratch_db() -> Iterator[sqlite3.Connection]:
+    """A new SQLite database in a temporary folder, deleted on exit; tuned for one bulk
+    load and a sort (no journal, no syncs, a small cache) and for many small lookups (an
+    exclusive lock, so a statement costs no file-locking system calls)."""
+    with tempfile.TemporaryDirectory(prefix="actprep-plan-") as folder:
+        db = sqlite3.connect(os.path.join(folder, "plan.sqlite"), isolation_level=None)
+        try:
+            for pragma in (f"cache_size=-{CACHE_KIB}", "journal_mode=OFF", "synchronous=OFF",
+                           "temp_store=FILE", "locking_mode=EXCLUSIVE"):
+                db.execute(f"PRAGMA {pragma}")
+            yield db
+        finally:
+            db.close()
+
+
+def _bulk_insert(db: sqlite3.Connection, sql: str, records: Iterable[tuple]) -> None:
+    """All ``records`` in one transaction; executemany pulls them from the iterator one by
+    one, so none are held."""
+    db.execute("BEGIN")
+    try:
+        db.executemany(sql, records)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _blob(text: str) -> bytes:
+    """A path as bytes (file names undecodable as UTF-8 come as surrogate escapes, which
+    SQLite's text cannot hold); memcmp order on these is code point order."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+class SqliteVideos:
+    """The ``VideoLookup`` of a video root's files, kept in ``db``: an indexed table of
+    paths and video stems, queried once per manifest row."""
+
+    def __init__(self, db: sqlite3.Connection, relpaths: Iterable[str]):
+        db.execute("CREATE TABLE videos (rel BLOB NOT NULL, stem BLOB)")
+        _bulk_insert(db, "INSERT INTO videos VALUES (?, ?)",
+                     ((_blob(rel), _blob(stem) if (stem := video_stem(rel)) is not None else None)
+                      for rel in (p.lstrip("/") for p in relpaths)))
+        db.execute("CREATE INDEX videos_rel ON videos (rel)")
+        db.execute("CREATE INDEX videos_stem ON videos (stem, rel) WHERE stem IS NOT NULL")
+        self._cursor = db.cursor()  # reused: a new cursor per lookup costs as much as the query
+
+    def find_stem(self, stem: str) -> list[str]:
+        found = self._cursor.execute(
+            "SELECT DISTINCT rel FROM videos WHERE stem = ? ORDER BY rel", (_blob(stem),))
+        return [rel.decode("utf-8", "surrogateescape") for rel, in found.fetchall()]
+
+    def __contains__(self, rel: object) -> bool:
+        return isinstance(rel, str) and self._cursor.execute(
+            "SELECT 1 FROM videos WHERE rel = ? LIMIT 1", (_blob(rel),)).fetchone() is not None
+
+
+def store_rows(db: sqlite3.Connection, rows: Iterable[ManifestRow]) -> None:
+    """Every row into table ``rows`` of ``db``, streamed."""
+    db.execute("CREATE TABLE rows (line INTEGER, key TEXT, path TEXT, label TEXT, "
+               "split TEXT, error TEXT)")
+    _bulk_insert(db, "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)",
+                 ((r.line, r.key, r.path, r.label, r.split, r.error) for r in rows))
+
+
+def sorted_rows(db: sqlite3.Connection) -> Iterator[ManifestRow]:
+    """The stored rows in (key, line) order, as ``make_plan`` sorts them (UTF-8 byte order
+    is code point order), one at a time."""
+    for record in db.execute("SELECT line, key, path, label, split, error FROM rows "
+                             "ORDER BY key, line, rowid"):
+        yield ManifestRow(*record)
