@@ -37,39 +37,20 @@ def _check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> l
     return beam_args
 
 
-def _local_defaults(beam_args: list[str]) -> list[str]:
-    """On the DirectRunner (Beam's default), use every core unless told otherwise: one
-    worker thread per core. Threads beat processes here: the heavy work (ffmpeg in its
-    own process, JPEG encoding, librosa's numpy) runs outside the GIL, and one process
-    imports the libraries once (a 2-core machine: 12-clip job 9.9 s with threads against
-    13-14 s with processes; see docs/BENCHMARKS.md)."""
-    from actprep.pipelines.job import runs_locally
-
-    names = {a[2:].split("=", 1)[0] for a in beam_args if a.startswith("--")}
-    if not runs_locally(beam_args):
-        return beam_args
-    extra = []
-    if "direct_num_workers" not in names:
-        extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
-    if "direct_running_mode" not in names:
-        extra.append("--direct_running_mode=multi_threading")
-    return beam_args + extra
-
-
 def cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
             beam_args: list[str]) -> int:
     from actprep.pipelines.runner import run
 
     from actprep.pipelines.options import run_options_from_args
     opts = run_options_from_args(args)
-    return run(opts, _local_defaults(_check_beam_args(parser, beam_args)))
+    return run(opts, _check_beam_args(parser, beam_args))
 
 
 def cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace,
              beam_args: list[str]) -> int:
     from actprep.pipelines.demo import run_demo
 
-    return run_demo(args.output, _local_defaults(_check_beam_args(parser, beam_args)))
+    return run_demo(args.output, _check_beam_args(parser, beam_args))
 
 
 def cmd_flow(parser: argparse.ArgumentParser, args: argparse.Namespace,

@@ -1,25 +1,76 @@
 """Step 3 of a run, for one shard: fragments -> shard tar, index -> Parquet, cleanup.
 
+A shard is committed only when its results are exactly its planned entries: one result
+per entry, same key and line, nothing else; otherwise ``ShardIncomplete`` names what is
+missing or extra, the shard stays uncommitted and a rerun redoes it.
+
 Order makes it crash-safe: the index is written first, the tar is renamed into place
 last (the commit point: a shard tar exists only when complete), fragments go after.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
-from typing import Any, Iterable
+from typing import Any
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.fragment import copy_members, open_shard
 from actprep.pipelines.crashpoints import crash_point
 from actprep.pipelines.options import RunOptions
+from actprep.pipelines.process import load_result, plan_result
 from actprep.schemas.index import OK, write_index
+from actprep.schemas.plan import PlanEntry, shard_name
+
+NAMED = 10  # keys named in a refusal; the rest are counted
 
 
-def commit_shard(opts: RunOptions, shard: int, results: Iterable[dict[str, Any]]) -> dict:
+class ShardIncomplete(Exception):
+    """A shard's results are not exactly its planned entries: it is not committed."""
+
+    def __init__(self, shard: int, missing: list[str], extra: list[str]):
+        self.shard, self.missing, self.extra = shard, missing, extra
+        parts = []
+        for what, keys in (("no result for", missing), ("results outside its plan for", extra)):
+            if keys:
+                more = f" and {len(keys) - NAMED} more" if len(keys) > NAMED else ""
+                parts.append(f"{len(keys)} {what}: {', '.join(keys[:NAMED])}{more}")
+        super().__init__(f"{shard_name(shard)} not committed: {'; '.join(parts)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shard": self.shard, "missing": self.missing, "extra": self.extra,
+                "message": str(self)}
+
+
+def gather_results(opts: RunOptions, shard: int, entries: list[PlanEntry],
+                   known: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One result per planned entry, in plan order: from ``known`` (line -> result, what a
+    worker holds in memory), from the plan (manifest failures) or from the checkpoint.
+    Raises ShardIncomplete naming every missing, mismatched or unplanned result."""
+    known = dict(known or {})
+    rows, missing, extra = [], [], []
+    for entry in entries:
+        row = known.pop(entry.line, None) or plan_result(entry) or load_result(opts, entry)
+        if row is None:
+            missing.append(entry.key)
+        elif row.get("key") != entry.key or row.get("line") != entry.line:
+            extra.append(str(row.get("key")))
+            missing.append(entry.key)
+        else:
+            rows.append(row)
+    extra += [str(row.get("key")) for row in known.values()]
+    if missing or extra:
+        raise ShardIncomplete(shard, missing, extra)
+    return rows
+
+
+def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
+                 known: dict[int, dict[str, Any]] | None = None) -> dict:
     """Builds ``shard-NNNNNN.tar`` and its index from the shard's results (one per plan
-    entry, ok or failed), in (key, line) order. Returns a small summary."""
-    rows = sorted(results, key=lambda r: (r["key"], r["line"]))
+    entry, ok or failed), in (key, line) order. Returns a small summary; raises
+    ShardIncomplete (and commits nothing) unless the results are exactly the plan's."""
+    rows = sorted(gather_results(opts, shard, entries, known),
+                  key=lambda r: (r["key"], r["line"]))
     buf = io.BytesIO()
     write_index(rows, buf)
     storage.write_atomic(layout.shard_index(opts.output, shard), buf.getvalue())
@@ -41,6 +92,12 @@ def commit_shard(opts: RunOptions, shard: int, results: Iterable[dict[str, Any]]
     drop_work(opts.output, shard)
     ok = sum(r["status"] == OK for r in rows)
     return {"shard": shard, "ok": ok, "failed": len(rows) - ok}
+
+
+def record_refusal(output: str, refusal: ShardIncomplete) -> None:
+    """Leaves why a shard was not committed where the launcher and a rerun find it."""
+    storage.write_atomic(layout.incomplete_path(output, refusal.shard),
+                         json.dumps(refusal.to_json(), sort_keys=True).encode())
 
 
 def drop_work(output: str, shard: int) -> None:

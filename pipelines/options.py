@@ -17,7 +17,7 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
              "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed",
-             "lock_token", "wait", "flow_device_batches")
+             "lock_token", "wait", "flow_device_batches", "workers", "unit_size")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -58,6 +58,12 @@ class RunOptions:
     progress: bool = True
     wait: bool = True
     lock_token: str | None = None  # set by the runner: whose run.lock the workers refresh
+    # videos processed at once per worker process (None: the runner decides: every core
+    # locally, 1 on Dataflow, whose harness threads already run elements in parallel)
+    workers: int | None = None
+    # videos per job element (None: a whole shard, which then commits itself; Dataflow: 1,
+    # so its workers share out single videos); set by the runner, not a command option
+    unit_size: int | None = None
 
     def flow_params(self) -> dict:
         """Flow settings that shape the output: preset name, its TV-L1 parameters, the
@@ -196,6 +202,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "non-overlapping, as the reference)")
     parser.add_argument("--vggish-batch-size", type=_positive(int), default=64,
                         help="VGGish examples per forward pass (default 64)")
+    parser.add_argument("--workers", type=_positive(int), metavar="N",
+                        help="videos processed at once by each worker process (default: "
+                        "every core on the local runner, 1 on Dataflow, whose harness "
+                        "threads already run videos in parallel)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="process again the videos that failed in a media stage (fetch, "
                         "probe, decode, audio...); their committed shards are rebuilt")
@@ -235,5 +245,5 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
         vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
         vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed, wait=args.wait,
-        progress=args.progress,
+        progress=args.progress, workers=args.workers,
     )

@@ -47,6 +47,14 @@ def failed(entry: PlanEntry, stage: str, reason: str) -> dict[str, Any]:
     return {**base_row(entry), "status": FAILED, "failure_stage": stage, "failure_reason": reason}
 
 
+def plan_result(entry: PlanEntry) -> dict[str, Any] | None:
+    """The result the plan alone fixes: a manifest failure (missing video, unknown label,
+    duplicate key...), recorded without processing or checkpointing; None otherwise."""
+    if not entry.error:
+        return None
+    return {**failed(entry, "manifest", entry.error), "attempts": 1}
+
+
 def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
     """The checkpointed result of an earlier attempt at this video, if any."""
     path = layout.result_path(opts.output, entry.shard, entry.line)
@@ -57,15 +65,16 @@ def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
 def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = None,
                   attempts: int = 1, clock: StageClock | None = None) -> dict[str, Any]:
     """Processes one video and checkpoints it (fragment, then result record). Any
-    failure becomes a recorded result with its stage and reason. ``models``: from
+    failure becomes a recorded result with its stage and reason; a manifest failure is
+    the plan's (``plan_result``) and writes nothing. ``models``: from
     ``load_models``, built once per worker; loaded here when none are given.
     ``attempts``: which processing of this video this is (recorded). ``clock``, when
     given, is charged the time of each stage (not recorded: timings vary run to run)."""
     clock = clock or NoClock()
-    if entry.error:
-        result = failed(entry, "manifest", entry.error)
-    else:
-        result = _process_media(entry, opts, models, clock)
+    fixed = plan_result(entry)
+    if fixed is not None:
+        return fixed
+    result = _process_media(entry, opts, models, clock)
     result["attempts"] = attempts
     crash_point("process:fragment")
     with clock.stage("write"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -12,16 +13,19 @@ from apache_beam.runners.runner import PipelineState
 from actprep.extractors.ffmpeg_bin import ffmpeg_source
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import drop_work
-from actprep.pipelines.job import job_counters, run_pipeline, runner_problem, runs_locally
+from actprep.pipelines.job import (dry_run, job_counters, run_pipeline, runner_problem,
+                                   runs_locally)
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import check_models_here, check_models_remote
+from actprep.pipelines.planfile import PlanError
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
-from actprep.pipelines.progress import ProgressMonitor, summarize
+from actprep.pipelines.progress import ProgressMonitor, shard_rows, summarize
 from actprep.pipelines.retry import reopen_shards_with_failures
 from actprep.pipelines.runlock import RunLock, RunLocked
 from actprep.pipelines.stageclock import STAGES
 from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
+from actprep.schemas.plan import ShardSpan, shard_name
 
 
 def _say(text: str) -> None:
@@ -100,7 +104,7 @@ def _job_id(result: Any) -> str:
 def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
     try:
         plan = load_or_create_plan(opts)
-    except (ManifestError, LabelError, PlanMismatch, FileNotFoundError) as exc:
+    except (ManifestError, LabelError, PlanMismatch, PlanError, FileNotFoundError) as exc:
         _say(f"actprep: error: {exc}")
         return 2
     _say(f"actprep: {ffmpeg_source()}")
@@ -114,19 +118,21 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
         _say(f"actprep: --retry-failed: reopened {len(reopened)} committed shards holding "
              f"failed videos")
     skip = layout.committed_shards(opts.output)
-    todo = sum(e.shard not in skip for e in plan.entries)
-    _say(f"actprep: {len(plan.entries)} videos in {plan.shards} shards, {len(plan.labels)} "
+    todo = [s for s in plan.spans if s.shard not in skip]
+    videos = sum(s.count for s in todo)
+    _say(f"actprep: {plan.entries} videos in {plan.shards} shards, {len(plan.labels)} "
          f"classes ({plan.labels.source}); plan {'reused' if plan.reused else 'written'}; "
-         f"{len(skip)} shards already committed, {todo} videos to do")
+         f"{plan.shards - len(todo)} shards already committed, {videos} videos to do")
     start = time.monotonic()
-    counters: dict[str, int] = {}
     if todo:
+        opts = job_options(opts, job.remote)
         monitor = None
-        if opts.progress and storage.is_local(opts.output):
-            monitor = ProgressMonitor(opts.output, len(plan.entries))
+        if opts.progress and not job.remote:
+            monitor = ProgressMonitor(plan.entries, already=plan.entries - videos)
             monitor.start()
         try:
-            result = run_pipeline(opts, beam_args, skip, job.wait, job.submitted)
+            result = run_pipeline(opts, beam_args, [s.shard for s in todo], job.wait,
+                                  job.submitted)
         finally:
             if monitor:
                 monitor.stop()
@@ -136,9 +142,13 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
                  f"the Dataflow console; 'actprep stats {opts.output}' reads what is "
                  f"committed; rerun this command to resume it if it fails")
             return 0
+        if dry_run(beam_args):
+            _say("actprep: dry run: the job was built and checked, not run")
+            return 0
         counters = job_counters(result)
-        _say(f"actprep: this run processed {counters.get('videos_processed', 0)} videos and "
-             f"reused {counters.get('videos_reused', 0)} checkpointed by an earlier run; "
+        _say(f"actprep: this run processed {counters.get('videos_processed', 0)} videos, "
+             f"reused {counters.get('videos_reused', 0)} checkpointed by an earlier run and "
+             f"recorded {counters.get('videos_unprocessable', 0)} manifest failures; "
              f"{counters.get('shards_committed', 0)} shards committed")
         stages = stage_line(counters)
         if stages:
@@ -148,8 +158,51 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
     elapsed = time.monotonic() - start
     _drop_empty_work_dir(opts.output)
     _print_summary(opts.output, summarize(opts.output), elapsed if todo else None,
-                   len(plan.entries))
+                   plan.entries)
+    problems = plan_problems(opts.output, plan.spans)
+    for line in problems[:20]:
+        _say(f"actprep: error: {line}")
+    if problems:
+        more = f" ({len(problems) - 20} more not shown)" if len(problems) > 20 else ""
+        _say(f"actprep: error: {len(problems)} planned shards are not committed as planned"
+             f"{more}; rerun the same command to redo them")
+        return 1
     return 0
+
+
+def job_options(opts: RunOptions, remote: bool) -> RunOptions:
+    """The runner's choices left open by the options: a local job runs a whole shard per
+    element on every core; a remote one single videos, one at a time per harness thread."""
+    workers = opts.workers or (1 if remote else os.cpu_count() or 1)
+    unit_size = opts.unit_size or (1 if remote else None)
+    return dataclasses.replace(opts, workers=workers, unit_size=unit_size)
+
+
+def plan_problems(output: str, spans: list[ShardSpan]) -> list[str]:
+    """The index against the plan, shard by shard (from the Parquet footers): every
+    planned shard committed with exactly its planned rows, and nothing else committed."""
+    rows = shard_rows(output)
+    problems = []
+    for span in spans:
+        name = shard_name(span.shard)
+        if span.shard not in rows:
+            problems.append(f"{name} is not committed: {_refusal(output, span.shard)}")
+        elif rows[span.shard] != span.count:
+            problems.append(f"{name}: its index holds {rows[span.shard]} rows, the plan "
+                            f"{span.count}")
+    problems += [f"{shard_name(n)} is committed but not in the plan"
+                 for n in sorted(set(rows) - {s.shard for s in spans})]
+    return problems
+
+
+def _refusal(output: str, shard: int) -> str:
+    text = storage.read_text_if_exists(layout.incomplete_path(output, shard))
+    if text is None:
+        return "no result of it reached its commit"
+    try:
+        return json.loads(text)["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"its commit was refused ({layout.incomplete_path(output, shard)})"
 
 
 def stage_line(counters: dict[str, int]) -> str:
@@ -166,12 +219,8 @@ def stage_line(counters: dict[str, int]) -> str:
 def _finish_interrupted_commits(output: str) -> list[int]:
     """Committed shards whose work files are still there (a commit killed after its tar
     was in place): their work is dropped now."""
-    work = storage.join(output, layout.WORK_DIR)
     committed = layout.committed_shards(output)
-    names = {p[len(work):].lstrip("/").split("/", 1)[0] for p in storage.files_in(work)}
-    shards = sorted(int(n[len("shard-"):]) for n in names
-                    if n.startswith("shard-") and n[len("shard-"):].isdigit())
-    done = [s for s in shards if s in committed]
+    done = sorted(layout.work_shards(output) & committed)
     for shard in done:
         drop_work(output, shard)
     return done
@@ -189,7 +238,7 @@ def _print_summary(output: str, totals: dict, elapsed: float | None, planned: in
     for reason, count in list(totals["failures"].items())[:10]:
         _say(f"  failed x{count}: {reason}")
     if done != planned:
-        _say(f"actprep: warning: the index holds {done} rows, the plan {planned}")
+        _say(f"actprep: error: the index holds {done} rows, the plan {planned}")
     _say(f"actprep: output in {output} (shards shard-*.tar, index/*.parquet, labels.json)")
 
 

@@ -102,18 +102,20 @@ def test_rerun_on_an_object_store_resumes_and_then_does_nothing(run_cli, mem_set
     first, drops the second; a third run finds every shard committed."""
     from actprep.pipelines.cli import make_parser
     from actprep.pipelines.options import run_options_from_args
+    from actprep.pipelines.planfile import iter_entries
     from actprep.pipelines.planner import load_or_create_plan
     from actprep.pipelines.process import process_entry
 
     out = f"{mem_set}/out"
     args, _ = make_parser().parse_known_args(_args(mem_set, out))
     opts = run_options_from_args(args)
-    plan = load_or_create_plan(opts)
-    process_entry(plan.entries[0], opts)  # what a worker finished before the job died
+    load_or_create_plan(opts)
+    process_entry(next(iter_entries(out)), opts)  # what a worker finished before it died
     memfs.put(f"{out}/.shard-000000.tar.tmp-0123456789ab", b"half a tar")
     assert run_cli(_args(mem_set, out, *LOCAL_BEAM)) == 0
     err = capsys.readouterr().err
-    assert "processed 5 videos and reused 1" in err, err
+    assert "processed 4 videos, reused 1 checkpointed by an earlier run and recorded 1 " \
+        "manifest failures" in err, err
     assert not [p for p in memfs.paths(out) if ".tmp-" in p]
     before = {p: memfs.get(p) for p in memfs.paths(out)}
     assert run_cli(_args(mem_set, out, *LOCAL_BEAM)) == 0
@@ -208,11 +210,18 @@ def test_pipeline_builds_for_dataflow_with_gpu_workers(mem_set):
     memfs.put(f"{mem_set}/out/plan.jsonl", b"")
     options = PipelineOptions(GPU_WORKER_ARGS + ["--dry_run=True"])
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, opts, frozenset())
+    build(pipeline, opts, list(range(650)))
     job = pipeline.run().job
     transforms = job.proto_pipeline.components.transforms
     names = {t.unique_name for t in transforms.values()}
-    assert {"ReadPlan", "Spread", "Process", "ByShard", "Commit"} <= names, names
+    assert {"Shards", "Units", "Spread", "Process", "ByShard", "Commit"} <= names, names
+    # no step reads the whole plan: shard numbers in, each expanded to its units, which
+    # a shuffle spreads over the workers before processing
+    assert not [n for n in names if "Read" in n and "Plan" in n], names
+    by_name = {t.unique_name: t for t in transforms.values()}
+    units_out = set(by_name["Units"].outputs.values())
+    assert units_out == set(by_name["Spread"].inputs.values())
+    assert set(by_name["Spread"].outputs.values()) == set(by_name["Process"].inputs.values())
     images = {e.payload for e in job.proto_pipeline.components.environments.values()}
     assert any(b"docker.pkg.dev/my-project/actprep/actprep:0.1.0" in p for p in images)
     env = apiclient.Environment([], options, "", f"{mem_set}/pipeline.pb",

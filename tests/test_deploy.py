@@ -45,7 +45,7 @@ SAMPLE = {
     "flow_raw": "true",
     "vggish_backend": "tfhub", "vggish_weights": "gs://bkt/w/vggish.pth",
     "vggish_hub": "gs://bkt/w/vggish_saved_model", "vggish_pca": "gs://bkt/w/pca.npz",
-    "vggish_hop": "0.5", "vggish_batch_size": "16", "retry_failed": "true",
+    "vggish_hop": "0.5", "vggish_batch_size": "16", "workers": "4", "retry_failed": "true",
     "no_progress": "false", "no_wait": "false",
 }
 # The same run as a plain command line, written out by hand
@@ -63,7 +63,7 @@ DIRECT = [
     "--flow-device-batches", "3", "--flow-raw",
     "--vggish-backend", "tfhub", "--vggish-weights", "gs://bkt/w/vggish.pth",
     "--vggish-hub", "gs://bkt/w/vggish_saved_model", "--vggish-pca", "gs://bkt/w/pca.npz",
-    "--vggish-hop", "0.5", "--vggish-batch-size", "16", "--retry-failed",
+    "--vggish-hop", "0.5", "--vggish-batch-size", "16", "--workers", "4", "--retry-failed",
 ]
 BEAM = ["--project=my-project", "--region=us-central1", "--temp_location=gs://bkt/tmp",
         "--job_name=actprep-test", "--sdk_container_image=eu.gcr.io/p/actprep:1",

@@ -295,7 +295,7 @@ def test_vggish_shards_are_reproducible(run_cli, audio_set, vggish_ref, tmp_path
     assert run_cli(["run", "--dataset", "generic", "--manifest", audio_set / "list.csv",
                     "--output", outs[1], "--modalities", "mfcc,vggish", "--no-progress",
                     "--vggish-weights", vggish_ref.weights_path,
-                    "--direct_num_workers=2", "--direct_running_mode=multi_threading"]) == 0
+                    "--workers", "2"]) == 0
     for name in ("shard-000000.tar", "index/shard-000000.parquet"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
