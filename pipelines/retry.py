@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from actprep.pipelines import layout, storage
+from actprep.pipelines.bounded import imap
 from actprep.pipelines.fragment import SampleWriter, sample_writer
 from actprep.schemas.index import FAILED, OK, read_index
 
@@ -28,14 +29,26 @@ def retryable(result: dict[str, Any]) -> bool:
     return result["status"] == FAILED and result.get("failure_stage") != "manifest"
 
 
-def reopen_shards_with_failures(output: str) -> list[int]:
-    """Reopens every committed shard holding a retryable failure; returns their numbers."""
+# what deciding whether a shard has a retryable failure needs of its index
+DECIDE_COLUMNS = ["status", "failure_stage"]
+
+
+def _has_retryable(output: str, shard: int) -> bool:
+    index = storage.read_bytes(layout.shard_index(output, shard))
+    return any(retryable(r) for r in read_index(pa.BufferReader(index),
+                                                DECIDE_COLUMNS).to_pylist())
+
+
+def reopen_shards_with_failures(output: str, workers: int = 8) -> list[int]:
+    """Reopens every committed shard holding a retryable failure; returns their numbers.
+    Deciding reads two columns of each index (a few shards at a time, in parallel); only
+    the shards reopened are read whole."""
+    shards = sorted(layout.committed_shards(output))
     reopened = []
-    for shard in sorted(layout.committed_shards(output)):
-        index = storage.read_bytes(layout.shard_index(output, shard))
-        rows = read_index(pa.BufferReader(index)).to_pylist()
-        if any(retryable(r) for r in rows):
-            reopen_shard(output, shard, rows)
+    for shard, found in zip(shards, imap(lambda s: _has_retryable(output, s), shards, workers)):
+        if found:
+            index = storage.read_bytes(layout.shard_index(output, shard))
+            reopen_shard(output, shard, read_index(pa.BufferReader(index)).to_pylist())
             reopened.append(shard)
     return reopened
 

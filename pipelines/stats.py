@@ -1,5 +1,8 @@
-"""``actprep stats OUTPUT``: what an output holds, from its Parquet index (pyarrow compute,
-so a million rows take seconds), before anyone spends GPU-weeks training on it.
+"""``actprep stats OUTPUT``: what an output holds, from its Parquet index, before anyone spends
+GPU-weeks training on it. Shards are read one at a time (a bounded pool reads ahead) and
+aggregated in batches of ``BATCH_ROWS``, so memory holds a batch of rows plus the ok values
+of the distribution columns as numpy arrays (exact quantiles; 24 bytes per ok sample),
+never the whole index.
 
 Only committed shards count (an index without its tar is a commit in progress).
 ``--json`` prints one object; ``--html FILE`` writes a self-contained report with plots.
@@ -11,88 +14,103 @@ import collections
 import json
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from actprep.pipelines import layout, storage
+from actprep.pipelines.bounded import imap
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.plan import shard_name
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 # what the figures use: reading and filtering only these is 2x faster than the whole index
-COLUMNS = ["shard", "status", "label", "failure_stage", "failure_reason", "source_path",
+COLUMNS = ["key", "shard", "status", "label", "failure_stage", "failure_reason", "source_path",
            "duration", "fps", "frames", "width", "height", "source_width", "source_height",
            "has_audio", "mfcc_frames", "vggish_examples", "flow_pairs", "flow_magnitude",
            "audio_rms_dbfs"]
+# columns whose ok values are kept (in their own dtype) for quantiles and histograms
+DISTRIBUTIONS = ("duration", "fps", "flow_magnitude", "audio_rms_dbfs")
+# shards are aggregated in batches of about this many rows: per-call overheads of the
+# grouping dominate at one shard a call, and a batch is still a few MB
+BATCH_ROWS = 50_000
+_COVERAGE = {"rgb": "frames", "flow": "flow_pairs", "mfcc": "mfcc_frames",
+             "vggish": "vggish_examples"}
+
+Groups = collections.Counter  # (values of the grouped columns) -> rows
+
+
+def _read_shard(output: str, shard: int, columns: list[str] | None = COLUMNS) -> pa.Table:
+    return read_index(pa.BufferReader(storage.read_bytes(layout.shard_index(output, shard))),
+                      columns)
+
+
+def _shard_sizes(tars: dict[int, int]) -> dict[str, int]:
+    return {shard_name(n): size for n, size in sorted(tars.items())}
 
 
 def load_index(output: str, workers: int = 16, columns: list[str] | None = COLUMNS
                ) -> tuple[pa.Table, dict[str, int]]:
-    """The rows of every committed shard (``columns`` of them; None: all), and each
-    committed shard tar's size in bytes."""
+    """The rows of every committed shard in one table (``columns`` of them; None: all),
+    and each committed shard tar's size in bytes. The CLI streams instead
+    (``output_stats``); this is for callers that want the table."""
     tars = layout.shard_tars(output)
-    sizes = {shard_name(n): size for n, size in sorted(tars.items())}
-    paths = [layout.shard_index(output, n) for n in sorted(tars)]
-
-    def read(path: str) -> pa.Table:
-        return read_index(pa.BufferReader(storage.read_bytes(path)), columns)
-    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
-        tables = list(pool.map(read, paths))
+    tables = list(imap(lambda n: _read_shard(output, n, columns), sorted(tars), workers))
     empty = INDEX_SCHEMA.empty_table()
     table = pa.concat_tables(tables) if tables else (
         empty.select(columns) if columns else empty)
-    return table, sizes
+    return table, _shard_sizes(tars)
 
 
-def _sum(column: pa.ChunkedArray) -> float:
-    return float(pc.sum(column).as_py() or 0)
-
-
-def _distribution(column: pa.ChunkedArray) -> dict[str, Any] | None:
-    """count, mean and quantiles (min, p5, median, p95, max) of the non-null values."""
-    values = pc.drop_null(column)
+def _distribution(values: np.ndarray) -> dict[str, Any] | None:
+    """count, mean and quantiles (min, p5, median, p95, max) of the values."""
     if len(values) == 0:
         return None
-    q = pc.quantile(values, q=list(QUANTILES), interpolation="nearest").to_pylist()
-    return {"count": len(values), "mean": round(float(pc.mean(values).as_py()), 4),
+    array = pa.array(values)
+    q = pc.quantile(array, q=list(QUANTILES), interpolation="nearest").to_pylist()
+    return {"count": len(values), "mean": round(float(pc.mean(array).as_py()), 4),
             **{name: round(float(v), 4) for name, v in zip(("min", "p5", "median", "p95", "max"), q)}}
 
 
-def _histogram(column: pa.ChunkedArray, bins: int = 30) -> dict[str, list] | None:
-    """Bin edges and counts of the non-null values (numpy's histogram over their range)."""
-    import numpy as np
-
-    values = pc.drop_null(column).to_numpy(zero_copy_only=False)
+def _histogram(values: np.ndarray, bins: int = 30) -> dict[str, list] | None:
+    """Bin edges and counts of the values (numpy's histogram over their range)."""
     if len(values) == 0:
         return None
     counts, edges = np.histogram(values.astype(np.float64), bins=bins)
     return {"edges": [round(float(e), 4) for e in edges], "counts": counts.tolist()}
 
 
-def _counts(table: pa.Table, *columns: str) -> list[tuple[tuple, int]]:
-    """(values, count) of the groups of ``columns``, most frequent first."""
+def _groups(table: pa.Table, *columns: str) -> Groups:
+    """Rows per distinct value of ``columns`` (nulls included)."""
     if table.num_rows == 0:
-        return []
+        return Groups()
     grouped = table.group_by(list(columns)).aggregate([(columns[0], "count")]).to_pylist()
-    out = [(tuple(g[c] for c in columns), g[f"{columns[0]}_count"]) for g in grouped]
-    return sorted(out, key=lambda item: (-item[1], str(item[0])))
+    return Groups({tuple(g[c] for c in columns): g[f"{columns[0]}_count"] for g in grouped})
 
 
-def failure_reason(stage: str | None, reason: str | None, path: str | None) -> str:
-    """``stage: reason`` with the video's own path taken out, so equal causes group."""
+def _ranked(groups: Groups) -> list[tuple[tuple, int]]:
+    """The groups, most frequent first (ties by value, as text)."""
+    return sorted(groups.items(), key=lambda item: (-item[1], str(item[0])))
+
+
+def failure_reason(stage: str | None, reason: str | None, path: str | None,
+                   key: str | None = None) -> str:
+    """``stage: reason`` with the video's own path and key taken out, so equal causes
+    group ("video not found: no <key>.{mp4/...}" is one group, not one per video)."""
     text = reason or ""
     if path:
         text = text.replace(path, "<video>")
+    if key:
+        text = text.replace(key, "<key>")
     text = re.sub(r"/\S+\.(mp4|mkv|webm|avi|mov|m4v|flv)\b", "<video>", text)
     return f"{stage}: {text}"
 
 
-def _classes(ok: pa.Table, labels: LabelMap | None, minimum: int | None) -> dict[str, Any]:
-    counts = {name[0]: n for name, n in _counts(ok.filter(pc.is_valid(ok["label"])), "label")}
+def _classes(counts: dict[str, int], labels: LabelMap | None,
+             minimum: int | None) -> dict[str, Any]:
     names = list(labels.names) if labels is not None else sorted(counts)
     full = {name: counts.get(name, 0) for name in names}
     for name in counts:  # labels outside the map cannot happen, but never hide data
@@ -105,54 +123,112 @@ def _classes(ok: pa.Table, labels: LabelMap | None, minimum: int | None) -> dict
             "classes_under_threshold": sorted(n for n, v in full.items() if 0 < v < threshold)}
 
 
+class Aggregate:
+    """The figures of the report, accumulated a table (a shard) at a time: counts, sums
+    and groups, plus the ok values of ``DISTRIBUTIONS`` for exact quantiles."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.stages = Groups()
+        self.shards = Groups()  # (shard, status)
+        self.labels = Groups()
+        self.valid: collections.Counter[str] = collections.Counter()  # coverage: ok rows with it
+        self.sums = {"duration": 0.0, "frames": 0, "flow_pairs": 0}
+        self.values: dict[str, list[np.ndarray]] = {name: [] for name in DISTRIBUTIONS}
+        self.stored = Groups()
+        self.source = Groups()
+
+    def add(self, table: pa.Table) -> None:
+        table = table.select(COLUMNS)
+        ok_mask = pc.equal(table["status"], OK)
+        ok, failed = table.filter(ok_mask), table.filter(pc.invert(ok_mask))
+        self.ok += ok.num_rows
+        self.failed += failed.num_rows
+        self.failures.update(failure_reason(s, r, p, k) for s, r, p, k in zip(
+            *(failed[c].to_pylist() for c in ("failure_stage", "failure_reason",
+                                               "source_path", "key"))))
+        self.stages.update(_groups(failed, "failure_stage"))
+        self.shards.update(_groups(table, "shard", "status"))
+        self.labels.update(_groups(ok.filter(pc.is_valid(ok["label"])), "label"))
+        for column in _COVERAGE.values():
+            self.valid[column] += ok.num_rows - ok[column].null_count
+        self.valid["audio"] += pc.sum(pc.fill_null(ok["has_audio"], False)).as_py() or 0
+        for column in self.sums:
+            self.sums[column] += pc.sum(ok[column]).as_py() or 0
+        for column in DISTRIBUTIONS:
+            if (values := pc.drop_null(ok[column]).to_numpy()).size:
+                self.values[column].append(values)
+        self.stored.update(_groups(ok.filter(pc.is_valid(ok["width"])), "width", "height"))
+        self.source.update(_groups(ok.filter(pc.is_valid(ok["source_width"])),
+                                   "source_width", "source_height"))
+
+    def result(self, shard_bytes: dict[str, int], labels: LabelMap | None = None,
+               min_class_samples: int | None = None) -> dict[str, Any]:
+        """Every figure of the report as plain JSON-able values."""
+        per_shard = collections.defaultdict(lambda: {"ok": 0, "failed": 0})
+        for (shard, status), n in self.shards.items():
+            per_shard[shard]["ok" if status == OK else "failed"] += n
+        shards = [{"shard": name, **per_shard.get(name, {"ok": 0, "failed": 0}),
+                   "bytes": shard_bytes[name]} for name in sorted(shard_bytes)]
+        values = {name: np.concatenate(arrays) if arrays else np.empty(0)
+                  for name, arrays in self.values.items()}
+        fps = Groups({(float(v),): int(n) for v, n in zip(*np.unique(values["fps"],
+                                                                      return_counts=True))})
+        n_ok = self.ok
+
+        def share(count: int) -> float:
+            return round(count / n_ok, 4) if n_ok else 0.0
+        return {
+            "samples_ok": n_ok,
+            "samples_failed": self.failed,
+            "shards": len(shard_bytes),
+            "bytes": int(sum(shard_bytes.values())),
+            "hours": round(float(self.sums["duration"]) / 3600, 4),
+            "frames": int(self.sums["frames"]),
+            "flow_pairs": int(self.sums["flow_pairs"]),
+            "failures": dict(self.failures.most_common()),
+            "failures_by_stage": {k[0]: v for k, v in _ranked(self.stages)},
+            **_classes({k[0]: v for k, v in self.labels.items()}, labels, min_class_samples),
+            "coverage": {**{name: share(self.valid[column])
+                            for name, column in _COVERAGE.items()},
+                         "audio": share(self.valid["audio"])},
+            "duration": _distribution(values["duration"]),
+            "fps": _distribution(values["fps"]),
+            "fps_values": {f"{k[0]:g}": v for k, v in _ranked(fps)[:20]},
+            "stored_resolution": {f"{w}x{h}": n for (w, h), n in _ranked(self.stored)[:20]},
+            "source_resolution": {f"{w}x{h}": n for (w, h), n in _ranked(self.source)[:20]},
+            "flow_magnitude": _distribution(values["flow_magnitude"]),
+            "audio_rms_dbfs": _distribution(values["audio_rms_dbfs"]),
+            "histograms": {name: _histogram(values[name]) for name in DISTRIBUTIONS},
+            "shard_table": shards,
+        }
+
+
 def compute(table: pa.Table, shard_bytes: dict[str, int], labels: LabelMap | None = None,
             min_class_samples: int | None = None) -> dict[str, Any]:
-    """Every figure of the report as plain JSON-able values."""
-    table = table.select(COLUMNS)
-    ok_mask = pc.equal(table["status"], OK)
-    ok, failed = table.filter(ok_mask), table.filter(pc.invert(ok_mask))
-    failures = collections.Counter(
-        failure_reason(s, r, p) for s, r, p in zip(failed["failure_stage"].to_pylist(),
-                                                   failed["failure_reason"].to_pylist(),
-                                                   failed["source_path"].to_pylist()))
-    per_shard = collections.defaultdict(lambda: {"ok": 0, "failed": 0})
-    for (shard, status), n in _counts(table, "shard", "status"):
-        per_shard[shard]["ok" if status == OK else "failed"] += n
-    shards = [{"shard": name, **per_shard.get(name, {"ok": 0, "failed": 0}),
-               "bytes": shard_bytes[name]} for name in sorted(shard_bytes)]
-    n_ok = ok.num_rows
+    """Every figure of the report, from a table of index rows (``COLUMNS`` at least)."""
+    aggregate = Aggregate()
+    aggregate.add(table)
+    return aggregate.result(shard_bytes, labels, min_class_samples)
 
-    def coverage(column: str) -> float:
-        return round(pc.sum(pc.is_valid(ok[column])).as_py() / n_ok, 4) if n_ok else 0.0
-    return {
-        "samples_ok": n_ok,
-        "samples_failed": failed.num_rows,
-        "shards": len(shard_bytes),
-        "bytes": int(sum(shard_bytes.values())),
-        "hours": round(_sum(ok["duration"]) / 3600, 4),
-        "frames": int(_sum(ok["frames"])),
-        "flow_pairs": int(_sum(ok["flow_pairs"])),
-        "failures": dict(failures.most_common()),
-        "failures_by_stage": {k[0]: v for k, v in _counts(failed, "failure_stage")},
-        **_classes(ok, labels, min_class_samples),
-        "coverage": {"rgb": coverage("frames"), "flow": coverage("flow_pairs"),
-                     "mfcc": coverage("mfcc_frames"), "vggish": coverage("vggish_examples"),
-                     "audio": round(pc.sum(pc.fill_null(ok["has_audio"], False)).as_py() / n_ok,
-                                    4) if n_ok else 0.0},
-        "duration": _distribution(ok["duration"]),
-        "fps": _distribution(ok["fps"]),
-        "fps_values": {f"{k[0]:g}": v for k, v in _counts(ok.filter(pc.is_valid(ok["fps"])),
-                                                           "fps")[:20]},
-        "stored_resolution": {f"{w}x{h}": n for (w, h), n in _counts(
-            ok.filter(pc.is_valid(ok["width"])), "width", "height")[:20]},
-        "source_resolution": {f"{w}x{h}": n for (w, h), n in _counts(
-            ok.filter(pc.is_valid(ok["source_width"])), "source_width", "source_height")[:20]},
-        "flow_magnitude": _distribution(ok["flow_magnitude"]),
-        "audio_rms_dbfs": _distribution(ok["audio_rms_dbfs"]),
-        "histograms": {name: _histogram(ok[name]) for name in
-                       ("duration", "fps", "flow_magnitude", "audio_rms_dbfs")},
-        "shard_table": shards,
-    }
+
+def output_stats(output: str, labels: LabelMap | None = None,
+                 min_class_samples: int | None = None, workers: int = 8) -> dict[str, Any]:
+    """``compute`` over every committed shard of ``output``, read a shard at a time and
+    added in batches of about ``BATCH_ROWS`` rows."""
+    tars = layout.shard_tars(output)
+    aggregate = Aggregate()
+    batch: list[pa.Table] = []
+    for table in imap(lambda n: _read_shard(output, n), sorted(tars), workers):
+        batch.append(table)
+        if sum(t.num_rows for t in batch) >= BATCH_ROWS:
+            aggregate.add(pa.concat_tables(batch))
+            batch = []
+    if batch:
+        aggregate.add(pa.concat_tables(batch))
+    return aggregate.result(_shard_sizes(tars), labels, min_class_samples)
 
 
 def render_text(stats: dict[str, Any], output: str) -> str:
@@ -227,8 +303,7 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
         print(f"actprep stats: error: {output} is not an actprep output (no {layout.RUN})",
               file=sys.stderr)
         return 2
-    table, sizes = load_index(output)
-    stats = compute(table, sizes, _labels(output), args.min_class_samples)
+    stats = output_stats(output, _labels(output), args.min_class_samples)
     if args.html:
         from actprep.pipelines.stats_html import write_html
         write_html(stats, output, args.html)

@@ -6,7 +6,8 @@ Checks, each reported as a problem with a ``kind``:
 - the output as a whole: ``missing`` (a planned shard without its tar; says whether its work
   is pending under ``_work/``, i.e. the run is unfinished), ``unindexed`` (a tar without its
   index), ``orphan-index`` (an index without its tar), ``extra`` (files that are not part of
-  an output, tars of shards outside the plan), ``plan`` (unparseable plan lines);
+  an output, tars of shards outside the plan), ``plan`` (a damaged ``plan-shards.json``;
+  per shard: unparseable plan lines, lines that are not the shard's);
 - each index against the plan: ``index`` (one row per plan entry of the shard, same key,
   shard and label index; ok rows carry their member count, bytes and sha256);
 - each tar, streamed member by member (never a whole shard in memory): ``corrupt`` (not a
@@ -21,7 +22,9 @@ Checks, each reported as a problem with a ``kind``:
   differs, ``.cls`` other than the row's label index, unknown or misnumbered members,
   frame / flow / audio members the row does not account for); ``unreadable`` (I/O errors).
 
-Shards are checked in parallel threads (JPEG decoding and hashing release the GIL).
+Shards are checked in parallel threads (JPEG decoding and hashing release the GIL), each
+reading its own slice of the plan, through a bounded pool: memory holds the shards in flight,
+never the whole plan or index, whatever the size of the output.
 Exit status: 0 no problem, 1 problems, 2 bad usage or not an actprep output.
 """
 from __future__ import annotations
@@ -37,22 +40,22 @@ import re
 import sys
 import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from actprep.pipelines import layout, storage
+from actprep.pipelines import layout, planfile, storage
+from actprep.pipelines.bounded import imap
 from actprep.pipelines.runlock import LOCK
 from actprep.schemas import sample
 from actprep.schemas.index import FAILED, OK, read_index
-from actprep.schemas.plan import PlanEntry, shard_name
+from actprep.schemas.plan import PlanEntry, ShardSpan, shard_name
 
 BLOCK = tarfile.BLOCKSIZE
 _ZERO_BLOCK = bytes(BLOCK)
 _HEADER_FIELDS = ("mode", "mtime", "uid", "gid", "uname", "gname", "type")
-_TOP_FILES = frozenset({layout.RUN, layout.PLAN, layout.LABELS, LOCK})
+_TOP_FILES = frozenset({layout.RUN, layout.PLAN, layout.PLAN_SHARDS, layout.LABELS, LOCK})
 _TOP_DIRS = frozenset({layout.INDEX_DIR, layout.WORK_DIR})
 _SHARD_FILE = re.compile(r"^(shard-\d+)\.tar$")
 _INDEX_FILE = re.compile(r"^(shard-\d+)\.parquet$")
@@ -554,15 +557,52 @@ def index_problems(shard: str, rows: list[dict], entries: list[PlanEntry]) -> li
 
 @dataclasses.dataclass(frozen=True)
 class ShardJob:
-    """What checking one planned shard needs."""
+    """What checking one planned shard needs: where its plan lines are (read by the job,
+    so only the shards in flight hold theirs) and what the listing found for it."""
 
     output: str
-    shard: int
-    entries: list[PlanEntry]
+    span: ShardSpan
+    first_line: int  # line number in plan.jsonl of the shard's first entry
     has_tar: bool
     has_index: bool
+    work: tuple[int, int]  # files, and result records among them, under _work/<shard>/
     modalities: frozenset[str]
     decode: bool
+
+    @property
+    def shard(self) -> int:
+        return self.span.shard
+
+
+def _plan_entries(job: ShardJob, name: str, result: ShardResult) -> list[PlanEntry] | None:
+    """The shard's plan entries from its slice of the plan; lines that do not parse or are
+    not the shard's become ``plan`` problems; None (a problem) if the slice is unreadable."""
+    def problem(detail: str) -> None:
+        result.problems.append(Problem(name, None, "plan", detail))
+    span = job.span
+    try:
+        lines = planfile.read_lines(job.output, span.offset, span.length)
+    except (planfile.PlanError, OSError) as exc:
+        problem(f"plan lines unreadable: {exc}")
+        return None
+    entries = []
+    for number, line in enumerate(lines, job.first_line):
+        if not line.strip():
+            continue
+        try:
+            entry = PlanEntry.from_json(line)
+        except (ValueError, TypeError) as exc:
+            problem(f"{layout.PLAN}:{number}: {exc}")
+            continue
+        if entry.shard != span.shard:
+            problem(f"{layout.PLAN}:{number}: entry {entry.key} of {shard_name(entry.shard)} "
+                    f"among the lines of {name}")
+            continue
+        entries.append(entry)
+    if len(lines) != span.count:
+        problem(f"{layout.PLAN_SHARDS} says {span.count} entries, {layout.PLAN} has "
+                f"{len(lines)} lines there")
+    return entries
 
 
 def _load_rows(job: ShardJob, name: str, result: ShardResult) -> list[dict] | None:
@@ -578,10 +618,9 @@ def _load_rows(job: ShardJob, name: str, result: ShardResult) -> list[dict] | No
         return None
 
 
-def _pending_work(output: str, shard: int, planned: int) -> str:
+def _pending_work(shard: int, planned: int, work: tuple[int, int]) -> str:
     """What ``_work/`` holds for an uncommitted shard, in words."""
-    files = storage.files_in(layout.work_dir(output, shard))
-    done = sum(f.endswith(".result.json") for f in files)
+    files, done = work
     if not files:
         return "no work under _work/ either"
     return (f"its work is pending under {layout.WORK_DIR}/{shard_name(shard)}/ ({done} of "
@@ -594,17 +633,18 @@ def check_shard(job: ShardJob) -> ShardResult:
     result = ShardResult(name)
     if not job.has_tar:
         result.problems.append(Problem(name, None, "missing", f"missing: planned, no tar; "
-                                       f"{_pending_work(job.output, job.shard, len(job.entries))}"))
+                                       f"{_pending_work(job.shard, job.span.count, job.work)}"))
         if job.has_index:
             result.problems.append(Problem(name, None, "orphan-index",
                                            f"orphan index: {layout.INDEX_DIR}/{name}.parquet "
                                            f"has no tar"))
         return result
+    entries = _plan_entries(job, name, result)
     rows = None
     if job.has_index:
         rows = _load_rows(job, name, result)
-        if rows is not None:
-            result.problems += index_problems(name, rows, job.entries)
+        if rows is not None and entries is not None:
+            result.problems += index_problems(name, rows, entries)
     else:
         result.problems.append(Problem(name, None, "unindexed", f"unindexed: no "
                                        f"{layout.INDEX_DIR}/{name}.parquet"))
@@ -641,15 +681,44 @@ def _relative(output: str, path: str) -> str:
     return path[len(output):].lstrip("/\\").replace(os.sep, "/")
 
 
-def list_output(output: str) -> tuple[set[int], set[int], list[Problem]]:
-    """Shard numbers with a tar, with an index, and ``extra`` problems for files that are
-    not part of an output (folders other than index/ and _work/ count once)."""
+def _files(output: str) -> Iterator[str]:
+    """Every file under ``output`` (hidden temporaries included), relative: one listing,
+    streamed where local, so a large ``_work/`` is never held as a list of paths."""
+    if storage.is_local(output):
+        for folder, _, files in os.walk(output):
+            for name in files:
+                yield _relative(output, os.path.join(folder, name))
+    else:
+        yield from (_relative(output, p) for p in storage.files_in(output))
+
+
+@dataclasses.dataclass
+class Listing:
+    """What one listing of the output found: shards with a tar and with an index, per
+    shard its files and result records under ``_work/``, and ``extra`` problems."""
+
+    tars: set[int]
+    indexes: set[int]
+    work: dict[int, tuple[int, int]]
+    extra: list[Problem]
+
+
+def list_output(output: str) -> Listing:
+    """Lists the output once; files that are not part of an output are ``extra`` (folders
+    other than index/ and _work/ count once)."""
     tars, indexes, extra, folders = set(), set(), [], set()
-    for rel in sorted(_relative(output, p) for p in storage.files_in(output)):
+    work: dict[int, tuple[int, int]] = {}
+    for rel in _files(output):
         head, _, rest = rel.partition("/")
         if not rest and (m := _SHARD_FILE.match(rel)) and _number(m.group(1)) is not None:
             tars.add(_number(m.group(1)))
-        elif not rest and rel in _TOP_FILES or head == layout.WORK_DIR:
+        elif head == layout.WORK_DIR:
+            shard = rest.partition("/")[0]
+            if "/" in rest and shard.startswith("shard-") and \
+                    (number := _number(shard)) is not None:
+                files, done = work.get(number, (0, 0))
+                work[number] = (files + 1, done + rel.endswith(".result.json"))
+        elif not rest and rel in _TOP_FILES:
             continue
         elif head == layout.INDEX_DIR and (m := _INDEX_FILE.match(rest)) and \
                 _number(m.group(1)) is not None:
@@ -657,64 +726,80 @@ def list_output(output: str) -> tuple[set[int], set[int], list[Problem]]:
         elif rest and head not in _TOP_DIRS:
             folders.add(head)
         else:
-            extra.append(Problem(None, None, "extra", f"extra file: {rel}"))
-    extra += [Problem(None, None, "extra", f"extra folder: {f}/") for f in sorted(folders)]
-    return tars, indexes, extra
+            extra.append(rel)
+    problems = [Problem(None, None, "extra", f"extra file: {rel}") for rel in sorted(extra)]
+    problems += [Problem(None, None, "extra", f"extra folder: {f}/") for f in sorted(folders)]
+    return Listing(tars, indexes, work, problems)
 
 
 def _number(name: str) -> int | None:
     """The shard number of a canonical shard name (``shard-000003``), else None."""
-    number = int(name[len("shard-"):])
+    digits = name[len("shard-"):]
+    if not digits.isdigit():
+        return None
+    number = int(digits)
     return number if shard_name(number) == name else None
 
 
-def load_plan(output: str) -> tuple[dict[int, list[PlanEntry]], dict[str, Any], list[Problem]]:
-    """Plan entries by shard, run.json, and ``plan`` problems; NotAnOutput without them."""
+def load_run(output: str) -> dict[str, Any]:
+    """run.json; NotAnOutput without it or without plan.jsonl."""
     run_path, plan_path = storage.join(output, layout.RUN), storage.join(output, layout.PLAN)
     for path in (run_path, plan_path):
         if not storage.exists(path):
             raise NotAnOutput(f"{output} is not an actprep output (no {path.rsplit('/', 1)[-1]})")
     try:
-        run = json.loads(storage.read_text(run_path))
+        return json.loads(storage.read_text(run_path))
     except ValueError as exc:
         raise NotAnOutput(f"{run_path} is not JSON: {exc}") from None
-    shards: dict[int, list[PlanEntry]] = {}
-    problems = []
-    for number, line in enumerate(storage.read_text(plan_path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = PlanEntry.from_json(line)
-        except (ValueError, TypeError) as exc:
-            problems.append(Problem(None, None, "plan", f"{layout.PLAN}:{number}: {exc}"))
-            continue
-        shards.setdefault(entry.shard, []).append(entry)
-    return shards, run, problems
+
+
+def load_spans(output: str) -> tuple[list[ShardSpan] | None, list[Problem]]:
+    """Each planned shard's span of the plan (rebuilt from plan.jsonl when plan-shards.json
+    is missing), or None and a ``plan`` problem when they cannot be had."""
+    has_spans = storage.exists(storage.join(output, layout.PLAN_SHARDS))
+    try:
+        return planfile.read_spans(output, remember=False), []
+    except planfile.PlanError as exc:
+        hint = (f"; delete {layout.PLAN_SHARDS} to have it rebuilt from {layout.PLAN}"
+                if has_spans else "")
+        return None, [Problem(None, None, "plan", f"{exc}; shards not checked{hint}")]
+
+
+def _jobs(output: str, spans: list[ShardSpan], listing: Listing, modalities: frozenset[str],
+          decode: bool) -> Iterator[ShardJob]:
+    first = 1
+    for span in spans:
+        yield ShardJob(output, span, first, span.shard in listing.tars,
+                       span.shard in listing.indexes, listing.work.get(span.shard, (0, 0)),
+                       modalities, decode)
+        first += span.count
 
 
 def verify(output: str, workers: int = 8, decode: bool = True) -> Report:
     """Checks the output at ``output`` (local or gs://); raises NotAnOutput."""
     start = time.monotonic()
     output = output.rstrip("/") or "/"
-    plan, run, problems = load_plan(output)
-    tars, indexes, extra = list_output(output)
-    problems += extra
-    for shard in sorted(tars - plan.keys()):
+    run = load_run(output)
+    spans, problems = load_spans(output)
+    listing = list_output(output)
+    problems += listing.extra
+    if spans is None:
+        return Report(output, 0, 0, 0, time.monotonic() - start, problems)
+    planned = {s.shard for s in spans}
+    for shard in sorted(listing.tars - planned):
         problems.append(Problem(None, None, "extra", f"extra file: {shard_name(shard)}.tar "
                                 f"(shard not in the plan)"))
-    for shard in sorted(indexes - plan.keys() - tars):
+    for shard in sorted(listing.indexes - planned - listing.tars):
         problems.append(Problem(shard_name(shard), None, "orphan-index", f"orphan index: "
                                 f"{layout.INDEX_DIR}/{shard_name(shard)}.parquet has no tar "
                                 f"(and is not in the plan)"))
     modalities = frozenset(run.get("modalities") or ())
-    jobs = [ShardJob(output, s, plan[s], s in tars, s in indexes, modalities, decode)
-            for s in sorted(plan)]
-    with ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1))) as pool:
-        results = list(pool.map(check_shard, jobs))
-    for result in results:
+    checked = samples = read = 0
+    for result in imap(check_shard, _jobs(output, spans, listing, modalities, decode), workers):
         problems += result.problems
-    return Report(output, sum(r.checked for r in results), sum(r.samples for r in results),
-                  sum(r.bytes for r in results), time.monotonic() - start, problems)
+        checked, samples, read = (checked + result.checked, samples + result.samples,
+                                  read + result.bytes)
+    return Report(output, checked, samples, read, time.monotonic() - start, problems)
 
 
 # ------------------------------------------------------------------------------ the CLI

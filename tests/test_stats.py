@@ -8,9 +8,11 @@ import re
 import pyarrow as pa
 import pytest
 
-from actprep.pipelines.stats import compute, failure_reason
+from actprep.pipelines import stats
+from actprep.pipelines.stats import compute, failure_reason, load_index, output_stats
 from actprep.pipelines.synth import make_garbage, make_video
-from actprep.schemas.index import INDEX_SCHEMA
+from actprep.schemas.index import INDEX_SCHEMA, index_table
+from actprep.schemas.labels import LabelMap
 from conftest import LOCAL_BEAM
 
 # name, duration s, fps, audio, motion px/frame (x); labels: a a b b (garbage: b)
@@ -123,3 +125,25 @@ def test_compute_on_an_empty_index():
     assert s["classes"] == {} and s["histograms"]["duration"] is None
     table = pa.Table.from_pylist([], schema=INDEX_SCHEMA)
     assert compute(table, {})["coverage"]["rgb"] == 0.0
+
+
+def test_failure_reasons_group_without_keys():
+    reason = "video not found: no abc_000001_000011.{mp4/mkv/webm/avi} under the video root"
+    assert failure_reason("manifest", reason, None, "abc_000001_000011") == \
+        "manifest: video not found: no <key>.{mp4/mkv/webm/avi} under the video root"
+    rows = [{"key": key, "line": i, "shard": "shard-000000", "status": "failed",
+             "failure_stage": "manifest", "failure_reason": f"video not found: no {key}.mp4"}
+            for i, key in enumerate(["a_1", "b_2", "c_3"])]
+    s = compute(index_table(rows), {"shard-000000": 1024})
+    assert s["failures"] == {"manifest: video not found: no <key>.mp4": 3}
+    assert s["shard_table"] == [{"shard": "shard-000000", "ok": 0, "failed": 3, "bytes": 1024}]
+
+
+def test_streamed_stats_equal_the_whole_table(output, monkeypatch):
+    """The CLI adds the index a batch of shards at a time; the figures are those of the
+    whole table, whether a batch holds every shard or one."""
+    labels = LabelMap.from_json((output / "labels.json").read_text())
+    whole = compute(*load_index(str(output)), labels)
+    assert output_stats(str(output), labels) == whole
+    monkeypatch.setattr(stats, "BATCH_ROWS", 1)
+    assert output_stats(str(output), labels, workers=1) == whole

@@ -251,6 +251,36 @@ def test_failed_row_with_members(copy, capsys):
     assert "failed" in problem["detail"]
 
 
+def test_unparseable_plan_line_is_a_problem_of_its_shard(copy, capsys):
+    path = os.path.join(copy, "plan.jsonl")
+    lines = open(path, "rb").read().splitlines(keepends=True)
+    assert json.loads(lines[2])["key"] == "v1"  # shards of 2 in key order: bad v0 | v1 v2 | v3
+    lines[2] = b"#" * (len(lines[2]) - 1) + b"\n"  # same length: the spans still hold
+    open(path, "wb").write(b"".join(lines))
+    code, report = verify_json(copy, capsys)
+    assert code == 1
+    assert kinds(report) == {("shard-000001", None, "plan"), ("shard-000001", "v1", "index")}
+    plan = next(p for p in report["problems"] if p["kind"] == "plan")
+    assert plan["detail"].startswith("plan.jsonl:3: ")
+    assert report["shards"] == 3  # every shard still checked
+
+
+def test_plan_shards_missing_or_damaged(copy, capsys):
+    spans = os.path.join(copy, "plan-shards.json")
+    good = open(spans).read()
+    os.remove(spans)  # an output planned before spans existed: derived from plan.jsonl
+    code, report = verify_json(copy, capsys)
+    assert code == 0, report["problems"]
+    assert not os.path.exists(spans)  # verify only reads
+    open(spans, "w").write(good[: len(good) // 2])  # damaged
+    code, report = verify_json(copy, capsys)
+    assert code == 1 and kinds(report) == {(None, None, "plan")}
+    assert "plan-shards.json" in report["problems"][0]["detail"]
+    assert report["shards"] == 0
+    main([copy])
+    assert "delete plan-shards.json" in capsys.readouterr().out
+
+
 def test_not_an_output_and_usage(tmp_path, output, capsys):
     assert main([str(tmp_path)]) == 2
     assert "not an actprep output" in capsys.readouterr().err
