@@ -14,9 +14,9 @@ same machine, so the ratios are what matters, not the absolute frames/s.
    -filter_threads 1``): on many files this is ffmpeg's best use of the cores (one process per
    core, no frame-thread overhead). Frames/s = frames read / wall time of the whole list.
 3. The job: ``actprep run --dataset kinetics --modalities rgb,mfcc --no-progress`` as a
-   subprocess with actprep's own defaults (DirectRunner, ``--direct_num_workers=<cores>
-   --direct_running_mode=multi_threading``; ``--beam-args`` adds Beam options, e.g.
-   ``--beam-args=--direct_running_mode=multi_processing``), into a fresh output folder. Wall time includes
+   subprocess with actprep's own defaults (DirectRunner with one in-memory worker, videos on
+   ``--workers=<cores>`` threads; ``--beam-args`` adds options, e.g. ``--beam-args=--workers=1``),
+   into a fresh output folder. Wall time includes
    the interpreter, the imports and Beam's startup. Frames/s = frames in the Parquet index /
    wall time. A 1-clip job of the same kind estimates the fixed overhead; the marginal rate
    (frames_N - frames_1) / (time_N - time_1) is the job's throughput once started.
