@@ -327,3 +327,70 @@ def test_demo_command_end_to_end(tmp_path):
     assert "ffmpeg" in proc.stderr and "11 samples ok, 1 failed" in proc.stderr
     rows = _index(str(tmp_path / "demo" / "shards"))
     assert len(rows) == 12 and sum(r["status"] == "ok" for r in rows) == 11
+
+
+def test_a_mangled_checkpoint_refuses_its_shard_then_a_rerun_redoes_it(
+        kinetics_set, kinetics_run, tmp_path, run_cli, capsys):
+    """A result record that is not its plan entry's (another key) is never committed: the
+    run commits the other shards, names the shard and the keys, exits 1, and leaves the
+    reason in the work folder; once the record is gone a rerun gives the clean output."""
+    from actprep.pipelines import layout
+    from actprep.pipelines.cli import make_parser
+    from actprep.pipelines.options import run_options_from_args
+    from actprep.pipelines.planfile import iter_entries
+    from actprep.pipelines.planner import load_or_create_plan
+
+    out = str(tmp_path / "mangled")
+    args, _ = make_parser().parse_known_args([
+        "run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
+        "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4"])
+    load_or_create_plan(run_options_from_args(args))
+    victim = next(e for e in iter_entries(out) if not e.error)
+    bogus = layout.result_path(out, victim.shard, victim.line)
+    os.makedirs(os.path.dirname(bogus))
+    with open(bogus, "w") as f:
+        json.dump({"key": "someone_else", "line": victim.line, "status": "ok"}, f)
+    assert _run_kinetics(run_cli, kinetics_set, out) == 1
+    err = capsys.readouterr().err
+    name = f"shard-{victim.shard:06d}"
+    assert f"{name} is not committed" in err and "someone_else" in err, err
+    assert f"no result for: {victim.key}" in err, err
+    assert "rerun the same command" in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(out, f"{name}.tar"))
+    refusal = json.load(open(layout.incomplete_path(out, victim.shard)))
+    assert refusal["missing"] == [victim.key] and refusal["extra"] == ["someone_else"]
+    others = sorted(f for f in os.listdir(kinetics_run) if f.endswith(".tar") and
+                    f != f"{name}.tar")
+    assert others == sorted(f for f in os.listdir(out) if f.endswith(".tar"))
+    os.remove(bogus)
+    assert _run_kinetics(run_cli, kinetics_set, out) == 0
+    _same_output(out, kinetics_run)
+
+
+def test_units_that_do_not_cover_their_shard_are_refused(kinetics_set, tmp_path):
+    """Dataflow's commit step: a shard whose unit summaries leave entries uncovered (an
+    element lost on the way) is refused with those keys named, never committed short."""
+    from actprep.pipelines import layout
+    from actprep.pipelines.cli import make_parser
+    from actprep.pipelines.job import CommitShards
+    from actprep.pipelines.options import run_options_from_args
+    from actprep.pipelines.planfile import read_spans, shard_entries
+    from actprep.pipelines.planner import load_or_create_plan
+    from actprep.pipelines.units import UnitSummary
+
+    out = str(tmp_path / "units")
+    args, _ = make_parser().parse_known_args([
+        "run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
+        "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4"])
+    opts = run_options_from_args(args)
+    load_or_create_plan(opts)
+    span = read_spans(out)[0]
+    entries = shard_entries(out, span)
+    commit = CommitShards(opts)
+    commit.setup()
+    summaries = [UnitSummary(first=0, count=1, ok=0, failed=1).to_dict(),
+                 UnitSummary(first=2, count=span.count - 2, ok=0, failed=0).to_dict()]
+    assert list(commit.process((0, summaries))) == []
+    refusal = json.load(open(layout.incomplete_path(out, 0)))
+    assert refusal["missing"] == [entries[1].key] and refusal["extra"] == []
+    assert not os.path.exists(layout.shard_tar(out, 0))
