@@ -219,7 +219,9 @@ def direct_mode_problem(beam_args: list[str]) -> str | None:
     without holding off the thread writing elements into them (Beam 2.77
     ``TimeBasedBufferingClosableOutputStream``): elements written meanwhile are dropped,
     and a flush in mid-element corrupts the next ones (None elements, runaway memory).
-    actprep runs videos in parallel itself (``--workers``) on one in-memory worker."""
+    ``multi_threading`` shows it (benchmarks/beam_modes.py); ``multi_processing`` flushes
+    the same way on the runner's side only. actprep runs videos in parallel itself
+    (``--workers``) on one in-memory worker."""
     direct = PipelineOptions(beam_args).view_as(DirectOptions)
     workers = direct.direct_num_workers
     mode = direct.direct_running_mode
