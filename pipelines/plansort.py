@@ -126,12 +126,16 @@ def _object_paths(prefix: str) -> Iterable[str]:
     """Full paths under ``prefix``, page by page. On GCS straight from the storage client:
     Beam's listing keeps a set of every name it has yielded."""
     fs = storage.FileSystems.get_filesystem(prefix)
-    gcs = getattr(fs, "_gcsIO", None) if prefix.startswith("gs://") else None
-    if gcs is None:
+    client = None
+    if prefix.startswith("gs://"):
+        try:  # a private Beam attribute: another Beam may lack it, then the slow path
+            client = fs._gcsIO().client
+        except AttributeError:
+            client = None
+    if client is None:
         return (meta.path for meta in fs._list(prefix))  # FileSystem's listing primitive
     bucket, _, name_prefix = prefix[len("gs://"):].partition("/")
-    blobs = gcs().client.list_blobs(bucket, prefix=name_prefix,
-                                    fields="items(name),nextPageToken")
+    blobs = client.list_blobs(bucket, prefix=name_prefix, fields="items(name),nextPageToken")
     return (f"gs://{bucket}/{blob.name}" for blob in blobs)
 
 

@@ -2,22 +2,15 @@
 
 Progress comes from ``TALLY``, which the job's processing step adds to as each video is
 done: on the local runner the job runs in this process, so the display costs nothing per
-poll however large the job (no listing of result files). The summary reads the committed
-index shard by shard, a few columns at a time, so its memory does not grow with the job.
+poll however large the job (no listing of result files). The summary is ``actprep stats``'
+over the committed index, read shard by shard, so its memory does not grow with the job.
 """
 from __future__ import annotations
 
-import collections
 import threading
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
-
-from actprep.pipelines import layout, storage
-from actprep.pipelines.bounded import imap
-from actprep.schemas.index import OK, read_index
 
 
 class Tally:
@@ -67,43 +60,9 @@ class ProgressMonitor(threading.Thread):
                     return
 
 
-SUMMARY_COLUMNS = ["key", "status", "failure_stage", "failure_reason", "source_path",
-                   "frames", "duration"]
-
-
-def shard_rows(output: str) -> dict[int, int]:
-    """Index rows of every committed shard, from the Parquet footers (no rows read)."""
-    shards = sorted(layout.committed_shards(output))
-
-    def rows(shard: int) -> int:
-        data = storage.read_bytes(layout.shard_index(output, shard))
-        return pq.read_metadata(pa.BufferReader(data)).num_rows
-    return dict(zip(shards, imap(rows, shards)))
-
-
 def summarize(output: str) -> dict[str, Any]:
-    """Totals over the committed index: samples ok and failed, shards, frames, hours of
-    video and failures grouped by cause; read a shard at a time."""
-    from actprep.pipelines.stats import failure_reason
+    """Totals over the committed index (``actprep stats``' figures, read a shard at a time):
+    the ground truth of what a run produced, including each shard's row count."""
+    from actprep.pipelines.stats import output_stats
 
-    totals: dict[str, Any] = {"samples_ok": 0, "samples_failed": 0, "shards": 0,
-                              "frames": 0, "hours": 0.0}
-    failures: collections.Counter = collections.Counter()
-    shards = sorted(layout.committed_shards(output))
-
-    def read(shard: int) -> pa.Table:
-        data = storage.read_bytes(layout.shard_index(output, shard))
-        return read_index(pa.BufferReader(data), SUMMARY_COLUMNS)
-    for table in imap(read, shards):
-        totals["shards"] += 1
-        for row in table.to_pylist():
-            if row["status"] == OK:
-                totals["samples_ok"] += 1
-                totals["frames"] += row["frames"] or 0
-                totals["hours"] += (row["duration"] or 0.0) / 3600
-            else:
-                totals["samples_failed"] += 1
-                failures[failure_reason(row["failure_stage"], row["failure_reason"],
-                                        row["source_path"], row["key"])] += 1
-    totals["failures"] = dict(failures.most_common())
-    return totals
+    return output_stats(output)

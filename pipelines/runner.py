@@ -19,7 +19,7 @@ from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import check_models_here, check_models_remote
 from actprep.pipelines.planfile import PlanError
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
-from actprep.pipelines.progress import ProgressMonitor, shard_rows, summarize
+from actprep.pipelines.progress import ProgressMonitor, summarize
 from actprep.pipelines.retry import reopen_shards_with_failures
 from actprep.pipelines.runlock import RunLock, RunLocked
 from actprep.pipelines.stageclock import STAGES
@@ -157,9 +157,9 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
         _say("actprep: nothing to do: every shard is committed")
     elapsed = time.monotonic() - start
     _drop_empty_work_dir(opts.output)
-    _print_summary(opts.output, summarize(opts.output), elapsed if todo else None,
-                   plan.entries)
-    problems = plan_problems(opts.output, plan.spans)
+    totals = summarize(opts.output)
+    _print_summary(opts.output, totals, elapsed if todo else None, plan.entries)
+    problems = plan_problems(opts.output, plan.spans, totals["shard_table"])
     for line in problems[:20]:
         _say(f"actprep: error: {line}")
     if problems:
@@ -178,10 +178,11 @@ def job_options(opts: RunOptions, remote: bool) -> RunOptions:
     return dataclasses.replace(opts, workers=workers, unit_size=unit_size)
 
 
-def plan_problems(output: str, spans: list[ShardSpan]) -> list[str]:
-    """The index against the plan, shard by shard (from the Parquet footers): every
-    planned shard committed with exactly its planned rows, and nothing else committed."""
-    rows = shard_rows(output)
+def plan_problems(output: str, spans: list[ShardSpan], shard_table: list[dict]) -> list[str]:
+    """The index against the plan, shard by shard (``shard_table``: the summary's rows per
+    committed shard): every planned shard committed with exactly its planned rows, and
+    nothing else committed."""
+    rows = {int(s["shard"][len("shard-"):]): s["ok"] + s["failed"] for s in shard_table}
     problems = []
     for span in spans:
         name = shard_name(span.shard)
