@@ -115,6 +115,27 @@ def contained_path(path: str, absolute_ok: bool) -> str | None:
 # --------------------------------------------------------------------------- readers
 
 
+# columns that name a manifest's kind in its header (Moments in Time's has no header)
+HEADER_COLUMNS = {"kinetics": ("youtube_id", "time_start", "time_end"), "generic": ("path",)}
+
+
+def _header_kind(fields: list[str]) -> str | None:
+    """The kind of manifest whose header ``fields`` is, if any."""
+    names = {f.strip().lower() for f in fields}
+    return next((kind for kind, columns in HEADER_COLUMNS.items() if set(columns) <= names),
+                None)
+
+
+def _kind_hint(fields: list[str]) -> str:
+    """'; it ...' for a first row that belongs to another kind of manifest."""
+    kind = _header_kind(fields)
+    if kind:
+        return f"; it is a {kind} manifest's header: use --dataset {kind}"
+    if fields and fields[0].strip().lower().endswith(VIDEO_EXTENSIONS):
+        return "; it looks like a Moments in Time row (that format has no header): use --dataset mit"
+    return ""
+
+
 def _csv_rows(lines: Iterable[str], source: str,
               required: list[str]) -> Iterator[tuple[int, dict]]:
     """Rows of a CSV with a header; every row must have the header's field count."""
@@ -127,7 +148,7 @@ def _csv_rows(lines: Iterable[str], source: str,
     if missing:
         raise ManifestError(
             f"{source}:1: header {','.join(header)!r} lacks column(s) {', '.join(missing)}"
-        )
+            f"{_kind_hint(header)}")
     for fields in reader:
         line = reader.line_num  # the record's last physical line
         if not fields or all(not f.strip() for f in fields):
@@ -192,6 +213,9 @@ def iter_mit(lines: Iterable[str], source: str, videos: VideoLookup,
                 f"{source}:{line}: expected 'category/file.mp4,category,agreement,"
                 f"disagreement', got {len(fields)} field(s)"
             )
+        if _header_kind(fields):  # a header is never a Moments in Time row: wrong --dataset
+            raise ManifestError(f"{source}:{line}: {','.join(fields)!r} is not a Moments in "
+                                f"Time row (category/file.mp4,category,...){_kind_hint(fields)}")
         rel, label = fields[0].strip(), fields[1].strip()
         yield _path_row(line, rel, label, split, videos, absolute_ok=False,
                         fallbacks=_mit_fallbacks(rel, split))

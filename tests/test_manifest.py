@@ -427,3 +427,20 @@ def test_parsers_stream_lines():
     assert [r.split for r in rows] == ["test"]
     with pytest.raises(ManifestError, match="video-root"):
         iter_manifest("mit", iter([]), "trainingSet.csv", None)  # at once, not when iterated
+
+
+@pytest.mark.parametrize("dataset, text, hint", [
+    ("mit", "label,youtube_id,time_start,time_end,split\nabseiling,x,0,10,train\n",
+     "it is a kinetics manifest's header: use --dataset kinetics"),
+    ("mit", "path,label\na.mp4,x\n", "it is a generic manifest's header: use --dataset generic"),
+    ("kinetics", "path,label\na.mp4,x\n", "use --dataset generic"),
+    ("kinetics", "a/b.mp4,a,3,0\n", "looks like a Moments in Time row"),
+    ("generic", "a/b.mp4,a,3,0\n", "use --dataset mit"),
+])
+def test_a_manifest_of_another_kind_is_named(dataset, text, hint):
+    """A manifest given with the wrong --dataset stops at its first line, saying which
+    kind it looks like (a Kinetics header read as a Moments in Time row would otherwise
+    become a failed video)."""
+    with pytest.raises(ManifestError, match="m.csv:1: ") as caught:
+        read_manifest(dataset, text, "m.csv", VideoIndex([]))
+    assert hint in str(caught.value)
