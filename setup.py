@@ -29,7 +29,9 @@ setup(
         "librosa>=0.10",
         "soundfile>=0.12",
         "ffmpeg-python>=0.2",
-        "imageio-ffmpeg>=0.5",
+        # the ffmpeg actprep decodes with (9.0.2): it fixes the output's bytes, so it is
+        # pinned; a newer one is a deliberate change (extractors/ffmpeg_bin.py)
+        "imageio-ffmpeg==0.8.1",
         "opencv-contrib-python-headless>=4.8",  # contrib: cv2.optflow (TV-L1)
         "tqdm>=4.60",
         "matplotlib>=3.7",  # actprep stats --html

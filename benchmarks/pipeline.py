@@ -47,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from actprep.extractors.decode import output_size
-from actprep.extractors.ffmpeg_bin import ffmpeg_exe, ffmpeg_source
+from actprep.extractors.ffmpeg_bin import chosen, ffmpeg_exe
 from actprep.pipelines.synth import make_video
 
 SHORT_SIDE = 256
@@ -274,7 +274,7 @@ def machine() -> dict:
 
     return {"cores": _cores(), "cpu_count": os.cpu_count(), "cpu_model": model,
             "python": platform.python_version(), "platform": platform.platform(),
-            "ffmpeg": ffmpeg_source(), "apache_beam": apache_beam.__version__,
+            "ffmpeg": chosen().describe(), "apache_beam": apache_beam.__version__,
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from actprep.extractors.decode import decode_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
-from actprep.extractors.ffmpeg_bin import ffmpeg_exe, ffmpeg_source
+from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 from actprep.extractors.probe import parse_probe, probe
 from actprep.pipelines.synth import make_garbage, make_video, truncate_file
 
@@ -38,28 +38,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     "-c", "copy", rotated], check=True)
     m["rotated"] = rotated
     return m
-
-
-def test_ffmpeg_exe_without_system_ffmpeg(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path) -> None:
-    monkeypatch.delenv("ACTPREP_FFMPEG", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
-    ffmpeg_exe.cache_clear()
-    try:
-        exe = ffmpeg_exe()
-        assert os.path.isfile(exe)
-        assert "imageio-ffmpeg" in ffmpeg_source()
-        out = subprocess.run([exe, "-version"], capture_output=True, text=True).stdout
-        assert out.startswith("ffmpeg version")
-        monkeypatch.setenv("ACTPREP_FFMPEG", exe)
-        ffmpeg_exe.cache_clear()
-        assert ffmpeg_exe() == exe and "ACTPREP_FFMPEG" in ffmpeg_source()
-        monkeypatch.setenv("ACTPREP_FFMPEG", str(tmp_path / "no-such-ffmpeg"))
-        ffmpeg_exe.cache_clear()
-        with pytest.raises(RuntimeError, match="ACTPREP_FFMPEG"):
-            ffmpeg_exe()
-    finally:
-        ffmpeg_exe.cache_clear()
 
 
 @pytest.mark.parametrize("name, vcodec, acodec, rate, size", [
