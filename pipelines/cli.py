@@ -121,6 +121,13 @@ def _add_vggish_parser(sub) -> None:
     conv_p.set_defaults(func=cmd_vggish_convert)
 
 
+def _add_debug(sub) -> None:
+    """Every command takes --debug too, after its name (``actprep run ... --debug``)."""
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the Python traceback of an error instead of one line")
+
+
 def make_parser() -> argparse.ArgumentParser:
     from actprep.pipelines.options import add_run_arguments
 
@@ -128,6 +135,8 @@ def make_parser() -> argparse.ArgumentParser:
         prog="actprep", description="Action-recognition videos to WebDataset shards.")
     parser.add_argument("--version", action="version", version=f"actprep {ACTPREP_VERSION}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's messages")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="process a manifest into shards; other --options "
                            "are Beam pipeline options (e.g. --runner, --direct_num_workers)")
@@ -142,6 +151,7 @@ def make_parser() -> argparse.ArgumentParser:
     from actprep.pipelines.verify import add_verify_parser
     add_verify_parser(sub)
     _add_vggish_parser(sub)
+    _add_debug(sub)
     return parser
 
 
@@ -150,12 +160,36 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # Beam's workers log routine warnings at WARNING level
-        logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    if not (args.verbose or args.debug):  # Beam logs routine warnings, and the tracebacks of errors it raises
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     start = time.monotonic()
-    code = args.func(parser, args, beam_args)
+    try:
+        code = args.func(parser, args, beam_args)
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows all
+        if getattr(args, "debug", False):
+            raise
+        return _report(exc)
     logging.getLogger("actprep").info("finished in %.1f s", time.monotonic() - start)
     return code
+
+
+def _report(exc: Exception) -> int:
+    """One line for an error that ended a command: a fault of the environment (what to
+    fix), or a bug (where to look)."""
+    from actprep.pipelines import exitcodes
+    from actprep.pipelines.faults import EnvironmentFault, find_fault
+
+    fault = find_fault(exc)
+    if fault is None:
+        print(f"actprep: internal error (a bug in actprep): {type(exc).__name__}: {exc}; "
+              f"rerun with --debug for the traceback, and please report it", file=sys.stderr)
+        return exitcodes.ERROR
+    print(f"actprep: error: {fault}", file=sys.stderr)
+    if isinstance(exc, EnvironmentFault) and exc.resume:
+        print("actprep: a fault of the machine or its storage, not of the videos: nothing was "
+              "recorded as a video's failure. Fix it, then rerun the same command to resume",
+              file=sys.stderr)
+    return exitcodes.ERROR
 
 
 def exit_now(code: int) -> None:

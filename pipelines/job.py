@@ -18,8 +18,10 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
+from actprep.extractors import ffmpeg_bin
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import ShardIncomplete, commit_shard, record_refusal
+from actprep.pipelines.faults import as_fault
 from actprep.pipelines.models import Models, make_flow_engine, make_vggish
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.planfile import read_spans, shard_entries, units_of_shard
@@ -74,6 +76,7 @@ class ProcessUnits(beam.DoFn):
         """Heavy per-worker state. Each video thread builds its own flow engine (OpenCV
         holds per-call buffers) on first use; VGGish is read-only at inference, so the
         worker process loads it once and its threads share it."""
+        ffmpeg_bin.use(self.opts.ffmpeg, expect_version=self.opts.ffmpeg_version)
         vggish = None
         if "vggish" in self.opts.modalities:
             vggish = self.shared.acquire(lambda: make_vggish(self.opts), tag="vggish")
@@ -160,6 +163,11 @@ class CommitShards(beam.DoFn):
             record_refusal(self.opts.output, refusal)
             self.refused.inc()
             return
+        except Exception as exc:
+            fault = as_fault(exc, f"committing {layout.shard_tar(self.opts.output, shard)}")
+            if fault is None:
+                raise
+            raise fault from exc
         self.committed.inc()
         yield summary
 

@@ -42,9 +42,25 @@ def incomplete_path(output: str, shard: int) -> str:
     return join(work_dir(output, shard), "incomplete.json")
 
 
-def starts_path(output: str, shard: int, line: int) -> str:
-    """How many times processing of this video has started (``process.MAX_STARTS``)."""
-    return join(work_dir(output, shard), f"{line:09d}.starts")
+def internal_dir(output: str) -> str:
+    """Tracebacks of internal errors (bugs) met by videos; kept until they are retried."""
+    return join(output, WORK_DIR, "internal")
+
+
+def internal_error_path(output: str, shard: int, line: int) -> str:
+    return join(internal_dir(output), f"{shard_name(shard)}.{line:09d}.txt")
+
+
+def internal_error_shards(output: str) -> set[int]:
+    """Shards with a video whose last attempt met an internal error: one listing."""
+    folder = internal_dir(output)
+    if "://" in folder:
+        names = [posixpath.basename(m.path) for m in
+                 FileSystems.match([folder + "/*.txt"])[0].metadata_list]
+    else:
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+    shards = {n.split(".", 1)[0][len("shard-"):] for n in names if n.startswith("shard-")}
+    return {int(s) for s in shards if s.isdigit()}
 
 
 def work_shards(output: str) -> set[int]:

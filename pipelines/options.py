@@ -5,6 +5,8 @@ import argparse
 from dataclasses import asdict, dataclass, field
 
 from actprep.extractors.audio.mfcc import MfccParams
+from actprep.extractors import ffmpeg_bin
+from actprep.extractors.ffmpeg_bin import MIN_VERSION
 from actprep.extractors.flow.engine import BACKENDS as FLOW_BACKENDS
 from actprep.extractors.torch_device import DEVICES
 from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS, preset
@@ -17,7 +19,8 @@ MODALITIES = ("rgb", "flow", "mfcc", "vggish")
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
              "flow_batch_size", "vggish_backend", "vggish_batch_size", "retry_failed",
-             "lock_token", "wait", "flow_device_batches", "workers", "unit_size")
+             "lock_token", "wait", "flow_device_batches", "workers", "unit_size", "ffmpeg",
+             "allow_ffmpeg_change", "max_failed_fraction")
 VGGISH_BACKENDS = ("torch", "tfhub")
 DEFAULT_MODALITIES = ("rgb", "mfcc")
 
@@ -64,6 +67,17 @@ class RunOptions:
     # videos per job element (None: a whole shard, which then commits itself; Dataflow: 1,
     # so its workers share out single videos); set by the runner, not a command option
     unit_size: int | None = None
+    ffmpeg: str | None = None  # --ffmpeg: the binary asked for (None: the bundled one)
+    # the version of the ffmpeg the run decodes with, set by the runner: shapes the output
+    ffmpeg_version: str | None = None
+    allow_ffmpeg_change: bool = False  # resume an output started with another ffmpeg
+    # a run in which more than this fraction of the rows failed exits with FAILURES
+    max_failed_fraction: float = 0.5
+
+    def decoder(self) -> str:
+        """The version of the ffmpeg this run decodes with: the runner's pick, else this
+        process's (``ffmpeg_bin.chosen``)."""
+        return self.ffmpeg_version or ffmpeg_bin.chosen().version
 
     def flow_params(self) -> dict:
         """Flow settings that shape the output: preset name, its TV-L1 parameters, the
@@ -81,7 +95,8 @@ class RunOptions:
         per modality ("flow", "vggish"), what actually computed it (backend, device), not
         what was requested."""
         ran = ran or {}
-        params: dict = {"modalities": list(self.modalities), "fps": self.fps,
+        params: dict = {"ffmpeg": self.decoder(),
+                         "modalities": list(self.modalities), "fps": self.fps,
                         "short_side": self.short_side,
                         "size": list(self.size) if self.size else None}
         if "rgb" in self.modalities:
@@ -116,6 +131,19 @@ def _modalities(text: str) -> tuple[str, ...]:
             f"--modalities {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(MODALITIES)}")
     return names
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
+    return value
+
+
+_fraction.kind = float  # read by the Flex Template metadata (pipelines/flex.py)
 
 
 def _positive(kind):
@@ -206,6 +234,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="videos processed at once by each worker process (default: "
                         "every core on the local runner, 1 on Dataflow, whose harness "
                         "threads already run videos in parallel)")
+    parser.add_argument("--ffmpeg", metavar="PATH",
+                        help="decode with this ffmpeg (also $ACTPREP_FFMPEG) instead of the "
+                        "one installed with actprep (imageio-ffmpeg's); it must be ffmpeg "
+                        f"{'.'.join(map(str, MIN_VERSION))} or newer. The ffmpeg is part of "
+                        "the run's settings and of every sample's params")
+    parser.add_argument("--allow-ffmpeg-change", action="store_true",
+                        help="resume an output started with another ffmpeg (its samples "
+                        "keep theirs; new ones record this one)")
+    parser.add_argument("--max-failed-fraction", type=_fraction, default=0.5, metavar="X",
+                        help="exit with status 4 when more than this fraction of the rows "
+                        "failed (default 0.5; the shards are committed all the same)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="process again the videos that failed in a media stage (fetch, "
                         "probe, decode, audio...); their committed shards are rebuilt")
@@ -245,5 +284,7 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
         vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
         vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed, wait=args.wait,
-        progress=args.progress, workers=args.workers,
+        progress=args.progress, workers=args.workers, ffmpeg=args.ffmpeg,
+        allow_ffmpeg_change=args.allow_ffmpeg_change,
+        max_failed_fraction=args.max_failed_fraction,
     )

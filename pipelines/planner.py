@@ -23,6 +23,7 @@ from actprep.schemas.plan import ShardSpan, plan_entry
 from actprep.schemas.version import LAYOUT_VERSION
 
 MIT_CATEGORIES = "moments_categories.txt"
+FFMPEG = "ffmpeg_version"  # the setting a rerun may change with --allow-ffmpeg-change
 
 
 class PlanMismatch(RuntimeError):
@@ -97,6 +98,7 @@ def shaping(opts: RunOptions, manifest_sha256: str | None = None) -> dict:
     if "flow" not in opts.modalities:  # as before flow existed: older outputs still resume
         for name in ("flow_preset", "flow_bound", "flow_raw"):
             doc.pop(name)
+    doc[FFMPEG] = opts.decoder()
     doc["manifest_sha256"] = manifest_sha256 or text_sha256(opts.manifest)
     class_path = _class_list_path(opts)
     doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()
@@ -112,8 +114,17 @@ def load_or_create_plan(opts: RunOptions) -> Plan:
     run_path = storage.join(opts.output, layout.RUN)
     if storage.exists(run_path):
         found = json.loads(storage.read_text(run_path))
-        if found != wanted:
-            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        if opts.allow_ffmpeg_change and FFMPEG in diff:
+            diff.remove(FFMPEG)
+        if FFMPEG in diff:
+            started = found.get(FFMPEG) or "(not recorded: an older actprep)"
+            raise PlanMismatch(
+                f"{opts.output} was started with ffmpeg {started}, this run decodes with "
+                f"ffmpeg {wanted[FFMPEG]}: other decoders give other bytes. Rerun with "
+                f"--ffmpeg naming the first one, or --allow-ffmpeg-change to go on with this "
+                f"one (each sample records its ffmpeg), or choose a new --output")
+        if diff:
             raise PlanMismatch(
                 f"{opts.output} holds a run with other settings ({', '.join(diff)} differ); "
                 f"rerun with the same command to resume, or choose a new --output")

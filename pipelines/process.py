@@ -6,6 +6,7 @@ import collections
 import contextlib
 import json
 import os
+import traceback
 from typing import Any, Iterator
 
 import numpy as np
@@ -21,20 +22,14 @@ from actprep.extractors.flow.quantize import quantize
 from actprep.extractors.rgb import encode_gray_jpeg, encode_jpeg
 from actprep.pipelines import layout, storage
 from actprep.pipelines.crashpoints import crash_point
+from actprep.pipelines.faults import as_fault, injected
 from actprep.pipelines.fragment import SampleWriter, sample_writer
 from actprep.pipelines.models import Models, load_models
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.stageclock import NoClock, StageClock
 from actprep.schemas import sample
-from actprep.schemas.index import FAILED, OK
+from actprep.schemas.index import FAILED, INTERNAL, OK
 from actprep.schemas.plan import PlanEntry, shard_name
-
-
-# A video whose processing started this many times without a result killed its worker
-# each time (memory, a native crash): it is recorded as failed instead of started again,
-# so that one such video cannot fail a whole Dataflow job (which retries a bundle 4 times)
-# or every rerun.
-MAX_STARTS = 3
 
 
 def base_row(entry: PlanEntry) -> dict[str, Any]:
@@ -76,6 +71,8 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
         return fixed
     result = _process_media(entry, opts, models, clock)
     result["attempts"] = attempts
+    if attempts > 1 and result.get("failure_stage") != INTERNAL:  # a bug's retry came through
+        storage.delete([layout.internal_error_path(opts.output, entry.shard, entry.line)])
     crash_point("process:fragment")
     with clock.stage("write"):
         storage.write_atomic(layout.result_path(opts.output, entry.shard, entry.line),
@@ -86,30 +83,24 @@ def process_entry(entry: PlanEntry, opts: RunOptions, models: Models | None = No
 
 def _process_media(entry: PlanEntry, opts: RunOptions, models: Models | None,
                    clock: StageClock) -> dict[str, Any]:
-    """The result of a video the plan found: its sample's fields, or a failure."""
-    with clock.stage("write"):
-        died = _count_start(opts, entry)
-    if died >= MAX_STARTS:
-        return failed(entry, "worker", f"the worker processing it died {died} times (killed "
-                      f"for memory, or a crash in a native library); not started again")
+    """The result of a video the plan found: its sample's fields, or its failure. A fault
+    of the environment is raised (an EnvironmentFault), never recorded; an internal error
+    (a bug) is recorded, its traceback kept for the user and the next run retries it."""
     try:
+        injected("process:extract")
         if models is None:
             models = load_models(opts)
         return {**base_row(entry), "status": OK, **_extract(entry, opts, models, clock)}
     except MediaError as exc:
         return failed(entry, exc.stage, exc.reason)
-    except Exception as exc:  # a bug or an environment problem: still recorded
-        return failed(entry, "internal", f"{type(exc).__name__}: {exc}")
-
-
-def _count_start(opts: RunOptions, entry: PlanEntry) -> int:
-    """Records one more start of this video unless it reached MAX_STARTS; returns how
-    many earlier starts ended without a result (its worker died)."""
-    path = layout.starts_path(opts.output, entry.shard, entry.line)
-    earlier = int(storage.read_text_if_exists(path) or 0)
-    if earlier < MAX_STARTS:
-        storage.write_atomic(path, str(earlier + 1).encode())
-    return earlier
+    except Exception as exc:  # noqa: BLE001 - sorted: the environment's, else a bug
+        fault = as_fault(exc, f"output {opts.output}, processing {entry.path}")
+        if fault is not None:
+            raise fault from exc
+        storage.write_atomic(layout.internal_error_path(opts.output, entry.shard, entry.line),
+                             f"{entry.key} (manifest line {entry.line}, {entry.path}):\n"
+                             f"{traceback.format_exc()}".encode())
+        return failed(entry, INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def _fetch(path: str | None):

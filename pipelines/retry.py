@@ -7,7 +7,7 @@ checked against the index's sha256), every row its result record; then the tar g
 commit point, reversed) and then its index. Killed part-way, the shard is either still
 committed (reopened again next time) or fully checkpointed; nothing is lost either way.
 Manifest failures (missing video, unknown label, duplicate key) belong to the plan and are
-not retried.
+not retried. Internal errors (bugs) are retried by every run, without --retry-failed.
 """
 from __future__ import annotations
 
@@ -21,31 +21,40 @@ import pyarrow as pa
 from actprep.pipelines import layout, storage
 from actprep.pipelines.bounded import imap
 from actprep.pipelines.fragment import SampleWriter, sample_writer
-from actprep.schemas.index import FAILED, OK, read_index
+from actprep.schemas.index import FAILED, INTERNAL, OK, read_index
 
 
-def retryable(result: dict[str, Any]) -> bool:
-    """A failed result of a media stage (fetch, probe, decode, audio, internal...)."""
-    return result["status"] == FAILED and result.get("failure_stage") != "manifest"
+def retryable(result: dict[str, Any], media_too: bool) -> bool:
+    """Whether a checkpointed or committed result is processed again: an internal error
+    (a bug, not the video's fault) always; with ``media_too`` (--retry-failed) any failure
+    of a media stage (fetch, probe, decode, audio...) as well. Manifest failures never."""
+    if result["status"] != FAILED:
+        return False
+    stage = result.get("failure_stage")
+    return stage == INTERNAL or (media_too and stage != "manifest")
 
 
 # what deciding whether a shard has a retryable failure needs of its index
 DECIDE_COLUMNS = ["status", "failure_stage"]
 
 
-def _has_retryable(output: str, shard: int) -> bool:
+def _has_retryable(output: str, shard: int, media_too: bool) -> bool:
     index = storage.read_bytes(layout.shard_index(output, shard))
-    return any(retryable(r) for r in read_index(pa.BufferReader(index),
-                                                DECIDE_COLUMNS).to_pylist())
+    return any(retryable(r, media_too) for r in read_index(pa.BufferReader(index),
+                                                           DECIDE_COLUMNS).to_pylist())
 
 
-def reopen_shards_with_failures(output: str, workers: int = 8) -> list[int]:
-    """Reopens every committed shard holding a retryable failure; returns their numbers.
-    Deciding reads two columns of each index (a few shards at a time, in parallel); only
-    the shards reopened are read whole."""
+def reopen_shards_with_failures(output: str, media_too: bool, workers: int = 8) -> list[int]:
+    """Reopens the committed shards holding a retryable failure; returns their numbers.
+    Candidates: every committed shard with ``media_too``, else those with an internal
+    error's traceback (one listing). Deciding reads two columns of each candidate's
+    index (a few at a time, in parallel); only the shards reopened are read whole."""
     shards = sorted(layout.committed_shards(output))
+    if not media_too:
+        shards = sorted(set(shards) & layout.internal_error_shards(output))
     reopened = []
-    for shard, found in zip(shards, imap(lambda s: _has_retryable(output, s), shards, workers)):
+    for shard, found in zip(shards, imap(lambda s: _has_retryable(output, s, media_too),
+                                         shards, workers)):
         if found:
             index = storage.read_bytes(layout.shard_index(output, shard))
             reopen_shard(output, shard, read_index(pa.BufferReader(index)).to_pylist())

@@ -10,9 +10,11 @@ from typing import Any
 
 from apache_beam.runners.runner import PipelineState
 
-from actprep.extractors.ffmpeg_bin import ffmpeg_source
-from actprep.pipelines import layout, storage
+from actprep.extractors import ffmpeg_bin
+from actprep.extractors.ffmpeg_bin import FfmpegError
+from actprep.pipelines import exitcodes, layout, storage
 from actprep.pipelines.commit import drop_work
+from actprep.pipelines.faults import EnvironmentFault, fault_in_text, find_fault
 from actprep.pipelines.job import (dry_run, job_counters, run_pipeline, runner_problem,
                                    runs_locally)
 from actprep.pipelines.options import RunOptions
@@ -25,6 +27,7 @@ from actprep.pipelines.runlock import RunLock, RunLocked
 from actprep.pipelines.stageclock import STAGES
 from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
+from actprep.schemas.index import INTERNAL
 from actprep.schemas.plan import ShardSpan, shard_name
 
 
@@ -33,28 +36,55 @@ def _say(text: str) -> None:
 
 
 def run(opts: RunOptions, beam_args: list[str]) -> int:
-    """Returns the process exit code: 0 when every row ended as a sample or a recorded
-    failure, 2 for bad input (manifest, class list, options), 3 when another run is
-    writing the same output."""
+    """Returns the process exit status (``exitcodes``). An environment fault met anywhere
+    (disk full, read-only output, storage errors...) ends the run with one line naming it;
+    nothing of it is recorded as a video's failure, and a rerun resumes."""
     remote = not runs_locally(beam_args)
-    problem = runner_problem(beam_args)
+    problem = runner_problem(beam_args) or (remote and local_paths_problem(opts))
     if problem:
         _say(f"actprep: error: {problem}")
-        return 2
+        return exitcodes.USAGE
     try:
+        ffmpeg = ffmpeg_bin.use(opts.ffmpeg)
         # bad settings or weight files fail here, before any work
         lines = check_models_remote(opts) if remote else check_models_here(opts)
-    except (ValueError, ImportError, FileNotFoundError) as exc:
+    except (FfmpegError, ValueError, ImportError, FileNotFoundError) as exc:
         _say(f"actprep: error: {exc}")
-        return 2
-    for line in lines:
+        return exitcodes.USAGE
+    opts = dataclasses.replace(opts, ffmpeg_version=ffmpeg.version)
+    for line in [ffmpeg.describe(), *lines]:
         _say(f"actprep: {line}")
+    try:
+        return _run(opts, beam_args, remote)
+    except Exception as exc:
+        # the runner may wrap a worker's fault, or only copy its text (Dataflow)
+        fault = find_fault(exc) or fault_in_text(str(exc))
+        if fault is None:
+            raise
+        raise EnvironmentFault(fault, resume=True) from exc
+
+
+def local_paths_problem(opts: RunOptions) -> str | None:
+    """Local paths given to a remote runner, whose workers cannot see this machine's disk."""
+    paths = {"--manifest": opts.manifest, "--video-root": opts.video_root,
+             "--output": opts.output, "--classes": opts.classes,
+             "--vggish-weights": opts.vggish_weights, "--vggish-pca": opts.vggish_pca}
+    if opts.vggish_hub and not opts.vggish_hub.startswith(("http://", "https://")):
+        paths["--vggish-hub"] = opts.vggish_hub
+    local = [f"{name} {path}" for name, path in paths.items() if path and storage.is_local(path)]
+    if not local:
+        return None
+    return (f"a remote runner's workers cannot read this machine's disk: {', '.join(local)}; "
+            f"give gs:// paths")
+
+
+def _run(opts: RunOptions, beam_args: list[str], remote: bool) -> int:
     storage.makedirs(opts.output)
     try:
         lock = RunLock(opts.output, remote_job=remote).acquire()
     except RunLocked as exc:
         _say(f"actprep: error: {exc}")
-        return 3
+        return exitcodes.LOCKED
     job = _Job(remote, wait=opts.wait or not remote)
     try:
         code = _run_locked(dataclasses.replace(opts, lock_token=lock.token), beam_args, job)
@@ -106,17 +136,19 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
         plan = load_or_create_plan(opts)
     except (ManifestError, LabelError, PlanMismatch, PlanError, FileNotFoundError) as exc:
         _say(f"actprep: error: {exc}")
-        return 2
-    _say(f"actprep: {ffmpeg_source()}")
+        return exitcodes.USAGE
     for folder in (opts.output, storage.join(opts.output, layout.INDEX_DIR)):
         storage.drop_temporaries(folder)  # of killed writers: we hold the lock
     finished = _finish_interrupted_commits(opts.output)
     if finished:
         _say(f"actprep: finished the interrupted commit of {len(finished)} shards")
+    reopened = reopen_shards_with_failures(opts.output, media_too=opts.retry_failed)
     if opts.retry_failed:
-        reopened = reopen_shards_with_failures(opts.output)
         _say(f"actprep: --retry-failed: reopened {len(reopened)} committed shards holding "
              f"failed videos")
+    elif reopened:
+        _say(f"actprep: reopened {len(reopened)} committed shards to retry the videos that "
+             f"met an internal error")
     skip = layout.committed_shards(opts.output)
     todo = [s for s in plan.spans if s.shard not in skip]
     videos = sum(s.count for s in todo)
@@ -141,10 +173,10 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
                  f"keeps {storage.join(opts.output, 'run.lock')} fresh itself. Follow it in "
                  f"the Dataflow console; 'actprep stats {opts.output}' reads what is "
                  f"committed; rerun this command to resume it if it fails")
-            return 0
+            return exitcodes.OK
         if dry_run(beam_args):
             _say("actprep: dry run: the job was built and checked, not run")
-            return 0
+            return exitcodes.OK
         counters = job_counters(result)
         _say(f"actprep: this run processed {counters.get('videos_processed', 0)} videos, "
              f"reused {counters.get('videos_reused', 0)} checkpointed by an earlier run and "
@@ -166,8 +198,27 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
         more = f" ({len(problems) - 20} more not shown)" if len(problems) > 20 else ""
         _say(f"actprep: error: {len(problems)} planned shards are not committed as planned"
              f"{more}; rerun the same command to redo them")
-        return 1
-    return 0
+        return exitcodes.ERROR
+    return _verdict(opts, totals, plan.entries)
+
+
+def _verdict(opts: RunOptions, totals: dict, planned: int) -> int:
+    """OK, or FAILURES (with the reason said) when a bug hit videos or more rows failed
+    than ``--max-failed-fraction`` allows."""
+    code = exitcodes.OK
+    bugs = totals["failures_by_stage"].get(INTERNAL, 0)
+    if bugs:
+        _say(f"actprep: error: {bugs} videos met an internal error: a bug in actprep, not "
+             f"their fault. Their tracebacks are in {layout.internal_dir(opts.output)}; "
+             f"please report it. A rerun retries them")
+        code = exitcodes.FAILURES
+    failed = totals["samples_failed"]
+    if planned and failed / planned > opts.max_failed_fraction:
+        _say(f"actprep: error: {failed} of {planned} rows failed ({failed / planned:.0%}), "
+             f"more than --max-failed-fraction {opts.max_failed_fraction:g} allows; the "
+             f"shards are committed. Check the failures above (and the --dataset)")
+        code = exitcodes.FAILURES
+    return code
 
 
 def job_options(opts: RunOptions, remote: bool) -> RunOptions:
@@ -246,7 +297,8 @@ def _print_summary(output: str, totals: dict, elapsed: float | None, planned: in
 def _drop_empty_work_dir(output: str) -> None:
     """The work area holds checkpoints of unfinished shards only; gone when all commit."""
     if storage.is_local(output):
-        try:
-            os.rmdir(os.path.join(output, layout.WORK_DIR))
-        except OSError:
-            pass
+        for folder in (layout.internal_dir(output), os.path.join(output, layout.WORK_DIR)):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import ShardIncomplete, commit_shard, record_refusal
+from actprep.pipelines.faults import as_fault, with_retries
 from actprep.pipelines.models import Models
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.planfile import read_entries
@@ -46,12 +47,13 @@ def run_video(opts: RunOptions, entry: PlanEntry, models: Callable[[], Models],
         return VideoDone(fixed, "plan")
     result = load_result(opts, entry) if checkpointed is not False else None
     attempts = 1
-    if result is not None and opts.retry_failed and retryable(result):
+    if result is not None and retryable(result, opts.retry_failed):
         attempts, result = (result.get("attempts") or 1) + 1, None
     if result is not None:
         return VideoDone(result, "checkpoint")
     clock = StageClock()
-    result = process_entry(entry, opts, models(), attempts, clock)
+    result = with_retries(lambda: process_entry(entry, opts, models(), attempts, clock),
+                          f"{entry.key} ({entry.path})")
     return VideoDone(result, "new", dict(clock.seconds))
 
 
@@ -145,10 +147,14 @@ class UnitRunner:
                 return
             self._pending -= 1
             block = False
-            if tag[0] == "video":
-                yield from self._video_done(tag[1], tag[2], future.result())
-            else:
-                yield from self._commit_done(tag[1], future)
+            try:
+                if tag[0] == "video":
+                    yield from self._video_done(tag[1], tag[2], future.result())
+                else:
+                    yield from self._commit_done(tag[1], future)
+            except BaseException:
+                self.close()  # a fault stops the run: nothing more starts, nothing is left running
+                raise
 
     def _video_done(self, state: _Unit, entry: PlanEntry,
                     done: VideoDone) -> Iterator[tuple[int, UnitSummary]]:
@@ -174,6 +180,12 @@ class UnitRunner:
         except ShardIncomplete as refusal:
             record_refusal(self.opts.output, refusal)
             summary.refused = True
+        except Exception as exc:
+            tar = layout.shard_tar(self.opts.output, state.unit.shard)
+            fault = as_fault(exc, f"committing {tar}")
+            if fault is None:
+                raise
+            raise fault from exc
         yield state.unit.shard, summary
 
     @staticmethod

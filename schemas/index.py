@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 OK = "ok"
 FAILED = "failed"
+INTERNAL = "internal"  # the failure stage of an internal error (a bug), retried by reruns
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),
