@@ -4,8 +4,9 @@ A shard is committed only when its results are exactly its planned entries: one 
 per entry, same key and line, nothing else; otherwise ``ShardIncomplete`` names what is
 missing or extra, the shard stays uncommitted and a rerun redoes it.
 
-Order makes it crash-safe: the index is written first, the tar is renamed into place
-last (the commit point: a shard tar exists only when complete), fragments go after.
+Order makes it crash-safe: the tar is written under a temporary name, then the index
+(which records the tar's size), then the tar is renamed into place (the commit point: a
+shard tar exists only when complete), and fragments go after.
 """
 from __future__ import annotations
 
@@ -71,12 +72,9 @@ def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
     ShardIncomplete (and commits nothing) unless the results are exactly the plan's."""
     rows = sorted(gather_results(opts, shard, entries, known),
                   key=lambda r: (r["key"], r["line"]))
-    buf = io.BytesIO()
-    write_index(rows, buf)
-    storage.write_atomic(layout.shard_index(opts.output, shard), buf.getvalue())
-    crash_point("commit:index")
     with storage.atomic_writer(layout.shard_tar(opts.output, shard)) as stream:
-        tar = open_shard(stream)
+        counted = _Counted(stream)
+        tar = open_shard(counted)
         for number, row in enumerate(rows, 1):
             if number == len(rows) // 2 + 1:
                 crash_point("commit:tar")
@@ -88,10 +86,26 @@ def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
                     raise RuntimeError(f"{fragment}: {copied} members, its result says "
                                        f"{row['members']}")
         tar.close()
+        buf = io.BytesIO()
+        write_index(rows, buf, tar_bytes=counted.bytes)
+        storage.write_atomic(layout.shard_index(opts.output, shard), buf.getvalue())
+        crash_point("commit:index")
     crash_point("commit:renamed")
     drop_work(opts.output, shard)
     ok = sum(r["status"] == OK for r in rows)
     return {"shard": shard, "ok": ok, "failed": len(rows) - ok}
+
+
+class _Counted:
+    """A write-only stream that counts what passes through it to ``stream``."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.bytes = stream, 0
+
+    def write(self, data: bytes) -> int:
+        self.bytes += len(data)
+        self.stream.write(data)
+        return len(data)
 
 
 def record_refusal(output: str, refusal: ShardIncomplete) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -104,7 +105,19 @@ def shaping(opts: RunOptions, manifest_sha256: str | None = None) -> dict:
     doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()
                              if class_path else None)
     doc["layout_version"] = LAYOUT_VERSION
-    return json.loads(json.dumps(doc))  # tuples -> lists, as read back from JSON
+    return resolved(json.loads(json.dumps(doc)))  # tuples -> lists, as read back from JSON
+
+
+# settings that are paths: compared resolved, so that the same file named another way (a
+# relative path, a symlink) is the same setting; what they hold is compared by hash
+PATH_SETTINGS = ("manifest", "video_root", "classes", "vggish_weights", "vggish_pca",
+                 "vggish_hub")
+
+
+def resolved(doc: dict) -> dict:
+    """``doc`` with its local path settings made absolute, symlinks resolved."""
+    return {k: os.path.realpath(v) if k in PATH_SETTINGS and isinstance(v, str)
+            and storage.is_local(v) else v for k, v in doc.items()}
 
 
 def load_or_create_plan(opts: RunOptions) -> Plan:
@@ -113,7 +126,7 @@ def load_or_create_plan(opts: RunOptions) -> Plan:
     wanted = shaping(opts)
     run_path = storage.join(opts.output, layout.RUN)
     if storage.exists(run_path):
-        found = json.loads(storage.read_text(run_path))
+        found = resolved(json.loads(storage.read_text(run_path)))  # older ones: as typed
         diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
         if opts.allow_ffmpeg_change and FFMPEG in diff:
             diff.remove(FFMPEG)

@@ -1,6 +1,7 @@
 """``actprep run``: plan, run the Beam job with a progress display, print the summary."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ from actprep.pipelines.models import check_models_here, check_models_remote
 from actprep.pipelines.planfile import PlanError
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.pipelines.progress import ProgressMonitor, summarize
+from actprep.pipelines.repair import damaged_shards, undo_commit
 from actprep.pipelines.retry import reopen_shards_with_failures
 from actprep.pipelines.runlock import RunLock, RunLocked
 from actprep.pipelines.stageclock import STAGES
@@ -29,6 +31,9 @@ from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
 from actprep.schemas.index import INTERNAL
 from actprep.schemas.plan import ShardSpan, shard_name
+
+
+SUMMARY_GROUPS = 10  # failure reasons the end summary lists; it says how many more there are
 
 
 def _say(text: str) -> None:
@@ -79,6 +84,7 @@ def local_paths_problem(opts: RunOptions) -> str | None:
 
 
 def _run(opts: RunOptions, beam_args: list[str], remote: bool) -> int:
+    fresh = storage.is_local(opts.output) and not os.path.exists(opts.output)
     storage.makedirs(opts.output)
     try:
         lock = RunLock(opts.output, remote_job=remote).acquire()
@@ -100,6 +106,9 @@ def _run(opts: RunOptions, beam_args: list[str], remote: bool) -> int:
         lock.hand_over()
     else:
         lock.release()
+    if code == exitcodes.USAGE and fresh:  # bad input: leave no empty output folder behind
+        with contextlib.suppress(OSError):
+            os.rmdir(opts.output)
     return code
 
 
@@ -139,6 +148,7 @@ def _run_locked(opts: RunOptions, beam_args: list[str], job: "_Job") -> int:
         return exitcodes.USAGE
     for folder in (opts.output, storage.join(opts.output, layout.INDEX_DIR)):
         storage.drop_temporaries(folder)  # of killed writers: we hold the lock
+    _undo_damaged(opts.output, plan.spans)
     finished = _finish_interrupted_commits(opts.output)
     if finished:
         _say(f"actprep: finished the interrupted commit of {len(finished)} shards")
@@ -268,6 +278,14 @@ def stage_line(counters: dict[str, int]) -> str:
     return ", ".join(f"{n} {v / 1000:.1f} s ({v / total:.0%})" for v, n in ranked)
 
 
+def _undo_damaged(output: str, spans: list[ShardSpan]) -> None:
+    """Committed shards that fail their check (``repair``) are undone, to be redone."""
+    damaged = damaged_shards(output, spans)
+    for shard, problem in sorted(damaged.items()):
+        _say(f"actprep: {shard_name(shard)} is damaged ({problem}): redoing it")
+        undo_commit(output, shard)
+
+
 def _finish_interrupted_commits(output: str) -> list[int]:
     """Committed shards whose work files are still there (a commit killed after its tar
     was in place): their work is dropped now."""
@@ -287,8 +305,13 @@ def _print_summary(output: str, totals: dict, elapsed: float | None, planned: in
     _say(f"actprep: {totals['samples_ok']} samples ok, {totals['samples_failed']} failed "
          f"(of {planned} manifest rows) in {totals.get('shards', 0)} shards; "
          f"{totals['frames']} frames, {totals.get('hours', 0) * 3600:.0f} s of video{timing}")
-    for reason, count in list(totals["failures"].items())[:10]:
+    groups = list(totals["failures"].items())
+    for reason, count in groups[:SUMMARY_GROUPS]:
         _say(f"  failed x{count}: {reason}")
+    if len(groups) > SUMMARY_GROUPS:
+        rest = sum(count for _, count in groups[SUMMARY_GROUPS:])
+        _say(f"  ... and {len(groups) - SUMMARY_GROUPS} more failure reasons ({rest} rows): "
+             f"'actprep stats {output}' lists them all")
     if done != planned:
         _say(f"actprep: error: the index holds {done} rows, the plan {planned}")
     _say(f"actprep: output in {output} (shards shard-*.tar, index/*.parquet, labels.json)")

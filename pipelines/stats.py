@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from actprep.pipelines import layout, storage
 from actprep.pipelines.bounded import imap
+from actprep.pipelines.planfile import PlanError, read_spans
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.plan import shard_name
@@ -37,6 +38,7 @@ DISTRIBUTIONS = ("duration", "fps", "flow_magnitude", "audio_rms_dbfs")
 # shards are aggregated in batches of about this many rows: per-call overheads of the
 # grouping dominate at one shard a call, and a batch is still a few MB
 BATCH_ROWS = 50_000
+MISSING_NAMED = 20  # planned shards not committed named in the report; the rest counted
 _COVERAGE = {"rgb": "frames", "flow": "flow_pairs", "mfcc": "mfcc_frames",
              "vggish": "vggish_examples"}
 
@@ -214,21 +216,55 @@ def compute(table: pa.Table, shard_bytes: dict[str, int], labels: LabelMap | Non
     return aggregate.result(shard_bytes, labels, min_class_samples)
 
 
+def _read_checked(output: str, shard: int) -> tuple[pa.Table | None, str | None]:
+    """A committed shard's index rows, or None and what is wrong with its index file."""
+    try:
+        data = storage.read_bytes(layout.shard_index(output, shard))
+    except FileNotFoundError:
+        return None, "its index is missing"
+    try:
+        return read_index(pa.BufferReader(data), COLUMNS), None
+    except (pa.ArrowException, OSError) as exc:  # parsed from memory: not an I/O error
+        return None, f"its index is not a readable index file ({exc})"
+
+
 def output_stats(output: str, labels: LabelMap | None = None,
                  min_class_samples: int | None = None, workers: int = 8) -> dict[str, Any]:
     """``compute`` over every committed shard of ``output``, read a shard at a time and
-    added in batches of about ``BATCH_ROWS`` rows."""
+    added in batches of about ``BATCH_ROWS`` rows. Shards whose index is missing or
+    unreadable are left out and named under ``damaged``; planned shards not committed
+    are counted under ``shards_missing``."""
     tars = layout.shard_tars(output)
     aggregate = Aggregate()
     batch: list[pa.Table] = []
-    for table in imap(lambda n: _read_shard(output, n), sorted(tars), workers):
+    damaged: dict[str, str] = {}
+    shards = sorted(tars)
+    for shard, (table, problem) in zip(shards, imap(lambda n: _read_checked(output, n),
+                                                    shards, workers)):
+        if table is None:
+            damaged[shard_name(shard)] = problem
+            del tars[shard]
+            continue
         batch.append(table)
         if sum(t.num_rows for t in batch) >= BATCH_ROWS:
             aggregate.add(pa.concat_tables(batch))
             batch = []
     if batch:
         aggregate.add(pa.concat_tables(batch))
-    return aggregate.result(_shard_sizes(tars), labels, min_class_samples)
+    result = aggregate.result(_shard_sizes(tars), labels, min_class_samples)
+    return {**result, "damaged": damaged, **_missing(output, set(tars) | {
+        int(name[len("shard-"):]) for name in damaged})}
+
+
+def _missing(output: str, committed: set[int]) -> dict[str, Any]:
+    """Planned shards that are not committed: their count and the first names."""
+    try:
+        spans = read_spans(output, remember=False)
+    except (PlanError, OSError, ValueError):
+        return {"shards_planned": None, "shards_missing": None, "shards_missing_names": []}
+    missing = [shard_name(s.shard) for s in spans if s.shard not in committed]
+    return {"shards_planned": len(spans), "shards_missing": len(missing),
+            "shards_missing_names": missing[:MISSING_NAMED]}
 
 
 def render_text(stats: dict[str, Any], output: str) -> str:
@@ -236,10 +272,21 @@ def render_text(stats: dict[str, Any], output: str) -> str:
     lines = [f"{output}: {stats['samples_ok']} samples ok, {stats['samples_failed']} failed, "
              f"{stats['shards']} shards, {stats['bytes'] / 1e9:.3f} GB, "
              f"{stats['hours']:.2f} h of video, {stats['frames']} frames"]
+    for name, problem in stats.get("damaged", {}).items():
+        lines.append(f"WARNING: {name} is damaged: {problem}; it is not counted here. "
+                     f"Rerun the same 'actprep run' command to redo it")
+    if stats.get("shards_missing"):
+        names = ", ".join(stats["shards_missing_names"])
+        more = " ..." if stats["shards_missing"] > len(stats["shards_missing_names"]) else ""
+        lines.append(f"WARNING: {stats['shards_missing']} of {stats['shards_planned']} planned "
+                     f"shards are not committed (a run still going, or stopped): {names}{more}")
     if stats["failures_by_stage"]:
         lines.append("failures by stage: " + ", ".join(
             f"{k} {v}" for k, v in stats["failures_by_stage"].items()))
-        lines += [f"  x{n} {reason}" for reason, n in list(stats["failures"].items())[:15]]
+        reasons = list(stats["failures"].items())
+        lines += [f"  x{n} {reason}" for reason, n in reasons[:15]]
+        if len(reasons) > 15:
+            lines.append(f"  ... {len(reasons) - 15} more failure reasons (--json for all)")
     cov = stats["coverage"]
     lines.append("coverage of ok samples: " + ", ".join(f"{k} {v:.0%}" for k, v in cov.items()))
     classes = stats["classes"]
@@ -310,4 +357,4 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
     print(json.dumps(stats, sort_keys=True) if args.json else render_text(stats, output))
     if args.html and not args.json:
         print(f"report: {args.html}")
-    return 0
+    return 1 if stats["damaged"] else 0

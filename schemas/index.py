@@ -57,10 +57,26 @@ def index_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.table({f: [r.get(f) for r in rows] for f in FIELDS}, schema=INDEX_SCHEMA)
 
 
-def write_index(rows: Iterable[dict[str, Any]], sink: Any) -> None:
+# key of the index file's metadata holding the size of its shard's tar, recorded at commit
+# so that a rerun can check a committed shard from the index footer and a listing alone
+TAR_BYTES = b"actprep.tar_bytes"
+
+
+def write_index(rows: Iterable[dict[str, Any]], sink: Any, tar_bytes: int | None = None) -> None:
     """Writes deterministic Parquet (no creation timestamps, fixed writer settings)."""
-    pq.write_table(index_table(rows), sink, compression="zstd", write_statistics=True,
-                   store_schema=True)
+    table = index_table(rows)
+    if tar_bytes is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               TAR_BYTES: str(tar_bytes).encode()})
+    pq.write_table(table, sink, compression="zstd", write_statistics=True, store_schema=True)
+
+
+def index_footer(data: bytes) -> tuple[int, int | None]:
+    """(rows, the shard tar's size recorded at commit, or None for older outputs) of an
+    index file's bytes; pyarrow's ArrowInvalid when they are not a Parquet file."""
+    meta = pq.read_metadata(pa.BufferReader(data))
+    recorded = (meta.metadata or {}).get(TAR_BYTES)
+    return meta.num_rows, int(recorded) if recorded else None
 
 
 def read_index(source: Any, columns: list[str] | None = None) -> pa.Table:
