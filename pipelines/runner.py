@@ -25,7 +25,7 @@ from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.pipelines.progress import ProgressMonitor, summarize
 from actprep.pipelines.repair import damaged_shards, undo_commit
 from actprep.pipelines.retry import reopen_shards_with_failures
-from actprep.pipelines.runlock import RunLock, RunLocked
+from actprep.pipelines.runlock import LockLost, RunLock, RunLocked
 from actprep.pipelines.stageclock import STAGES
 from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
@@ -61,6 +61,9 @@ def run(opts: RunOptions, beam_args: list[str]) -> int:
         _say(f"actprep: {line}")
     try:
         return _run(opts, beam_args, remote)
+    except LockLost as exc:  # another run has the output now: stop, as if it had been first
+        _say(f"actprep: error: {exc.message}")
+        return exitcodes.LOCKED
     except Exception as exc:
         # the runner may wrap a worker's fault, or only copy its text (Dataflow)
         fault = find_fault(exc) or fault_in_text(str(exc))
