@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import posixpath
 from dataclasses import asdict, dataclass, field
 
 from actprep.extractors.audio.mfcc import MfccParams
@@ -73,6 +74,10 @@ class RunOptions:
     allow_ffmpeg_change: bool = False  # resume an output started with another ffmpeg
     # a run in which more than this fraction of the rows failed exits with FAILURES
     max_failed_fraction: float = 0.5
+
+    def videos_within(self) -> str:
+        """The folder no video may leave: the video root, or the manifest's folder."""
+        return self.video_root or posixpath.dirname(self.manifest) or "."
 
     def decoder(self) -> str:
         """The version of the ffmpeg this run decodes with: the runner's pick, else this

@@ -19,7 +19,7 @@ from actprep.pipelines.planfile import PlanWriter, plan_writer, read_spans
 from actprep.pipelines.plansort import (SqliteVideos, iter_files, manifest_lines, scratch_db,
                                         sorted_rows, store_rows, text_sha256)
 from actprep.schemas.labels import LabelMap, parse_class_list
-from actprep.schemas.manifest import ManifestRow, check_sorted, iter_manifest
+from actprep.schemas.manifest import ManifestError, ManifestRow, check_sorted, iter_manifest
 from actprep.schemas.plan import ShardSpan, plan_entry
 from actprep.schemas.version import LAYOUT_VERSION
 
@@ -71,15 +71,24 @@ def derive_plan(opts: RunOptions, writer: PlanWriter) -> LabelMap:
             store_rows(db, _noting_labels(rows, seen))
         class_path = _class_list_path(opts)
         if class_path:
-            labels = parse_class_list(storage.read_text(class_path), class_path)
+            labels = parse_class_list(_class_text(class_path), class_path)
             checked = check_sorted(sorted_rows(db), set(labels.names), class_path)
         else:
             labels = LabelMap.from_labels(seen)
             checked = check_sorted(sorted_rows(db), None)
-        root = opts.video_root or posixpath.dirname(opts.manifest) or "."
+        root = opts.videos_within()
         for position, row in enumerate(checked):
             writer.add(plan_entry(row, position // opts.shard_size, labels, opts.dataset, root))
     return labels
+
+
+def _class_text(path: str) -> str:
+    try:
+        return storage.read_text(path)
+    except UnicodeDecodeError as exc:
+        line = storage.read_bytes(path)[:exc.start].count(b"\n") + 1
+        raise ManifestError(f"{path}:{line}: not UTF-8 ({exc.reason}); save the class list "
+                            f"as UTF-8") from None
 
 
 def _noting_labels(rows: Iterable[ManifestRow], seen: set[str]) -> Iterator[ManifestRow]:

@@ -16,7 +16,9 @@ import tempfile
 from typing import IO, Iterable, Iterator
 
 from actprep.pipelines import storage
-from actprep.schemas.manifest import ManifestRow, video_stem
+from actprep.schemas.manifest import (ManifestError, ManifestRow, links_out_note,
+                                      listed_refusal, lookup_names, refusal_below,
+                                      video_stem)
 
 CHUNK = 1 << 20  # bytes read from the manifest at a time
 CACHE_KIB = 16000  # SQLite page cache; the sorter's in-memory runs are bounded by it too
@@ -25,15 +27,33 @@ CACHE_KIB = 16000  # SQLite page cache; the sorter's in-memory runs are bounded 
 # --------------------------------------------------------------------------- the manifest
 
 
-def decoded_chunks(stream: IO[bytes]) -> Iterator[str]:
+def decoded_chunks(stream: IO[bytes], source: str = "the manifest") -> Iterator[str]:
     """The stream's text, chunk by chunk: UTF-8 with a leading BOM dropped, exactly as
-    ``storage.read_text`` decodes the whole file."""
+    ``storage.read_text`` decodes the whole file. A byte that is not UTF-8 raises
+    ManifestError ``SOURCE:LINE: not UTF-8 (...)``, the line counted in the bytes read."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    lines = 0  # '\n' bytes in the chunks decoded so far (a byte never inside a UTF-8 sequence)
     while data := stream.read(CHUNK):
-        if text := decoder.decode(data):
+        text = _decode(decoder, data, False, source, lines)
+        lines += data.count(b"\n")
+        if text:
             yield text
-    if text := decoder.decode(b"", final=True):
+    if text := _decode(decoder, b"", True, source, lines):
         yield text
+
+
+def _decode(decoder: codecs.IncrementalDecoder, data: bytes, final: bool, source: str,
+            lines: int) -> str:
+    """``decoder.decode``, its error a ManifestError naming the line: ``lines`` newlines
+    came before ``data``, and the error's text (the undecoded bytes held from the chunk
+    before, which hold no newline, then ``data``) has more before the bad byte."""
+    try:
+        return decoder.decode(data, final)
+    except UnicodeDecodeError as exc:
+        line = lines + exc.object[:exc.start].count(b"\n") + 1
+        bad = " ".join(f"0x{byte:02x}" for byte in exc.object[exc.start:exc.end])
+        raise ManifestError(f"{source}:{line}: not UTF-8 ({bad}: {exc.reason}); save the "
+                            f"manifest as UTF-8") from None
 
 
 def text_lines(chunks: Iterable[str]) -> Iterator[str]:
@@ -53,7 +73,7 @@ def text_lines(chunks: Iterable[str]) -> Iterator[str]:
 def manifest_lines(path: str) -> Iterator[Iterator[str]]:
     """The manifest's lines, streamed from any filesystem."""
     with storage.FileSystems.open(path, compression_type="uncompressed") as stream:
-        yield text_lines(decoded_chunks(stream))
+        yield text_lines(decoded_chunks(stream, path))
 
 
 def text_sha256(path: str) -> str:
@@ -62,7 +82,7 @@ def text_sha256(path: str) -> str:
     digest = hashlib.sha256()
     try:
         with storage.FileSystems.open(path, compression_type="uncompressed") as stream:
-            for text in decoded_chunks(stream):
+            for text in decoded_chunks(stream, path):
                 digest.update(text.encode())
     except Exception:
         if not storage.exists(path):
@@ -76,39 +96,14 @@ def text_sha256(path: str) -> str:
 
 def iter_files(root: str) -> Iterator[str]:
     """Every file under ``root`` as root-relative POSIX paths, like ``storage.list_files``
-    but streamed: one walk of a local folder, one prefix listing of an object store."""
+    but streamed: one walk of a local folder, one prefix listing of an object store. Files
+    that must not be read come as ``Refused`` paths (``storage.walk_files``)."""
     root = root.rstrip("/")
     if storage.is_local(root):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"video root {root} is not a directory")
-        return _walk(root)
+        return storage.walk_files(root)
     return _object_names(root)
-
-
-def _walk(root: str) -> Iterator[str]:
-    """``os.walk(root, followlinks=True)``'s files, without holding a folder's names."""
-    pending = [""]
-    while pending:
-        rel = pending.pop()
-        try:
-            entries = os.scandir(os.path.join(root, rel) if rel else root)
-        except OSError:
-            continue  # as os.walk: an unreadable folder is skipped
-        with entries:
-            while True:
-                try:
-                    entry = next(entries)
-                except (StopIteration, OSError):
-                    break
-                name = f"{rel}/{entry.name}" if rel else entry.name
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    pending.append(name)
-                else:
-                    yield name
 
 
 def _object_names(root: str) -> Iterator[str]:
@@ -117,7 +112,7 @@ def _object_names(root: str) -> Iterator[str]:
     for path in _object_paths(prefix):
         if path.startswith(prefix) and len(path) > len(prefix):
             count += 1
-            yield path[len(prefix):]
+            yield storage.object_entry(root, path[len(prefix):])
     if not count:  # an object store has no empty folders: a mistyped root
         raise FileNotFoundError(f"video root {root}: no files under it")
 
@@ -178,16 +173,34 @@ def _blob(text: str) -> bytes:
 
 class SqliteVideos:
     """The ``VideoLookup`` of a video root's files, kept in ``db``: an indexed table of
-    paths and video stems, queried once per manifest row."""
+    paths, video stems and the listing's refusals, queried once per manifest row (twice
+    for a found video when the listing refused anything)."""
 
     def __init__(self, db: sqlite3.Connection, relpaths: Iterable[str]):
-        db.execute("CREATE TABLE videos (rel BLOB NOT NULL, stem BLOB)")
-        _bulk_insert(db, "INSERT INTO videos VALUES (?, ?)",
-                     ((_blob(rel), _blob(stem) if (stem := video_stem(rel)) is not None else None)
-                      for rel in (p.lstrip("/") for p in relpaths)))
-        db.execute("CREATE INDEX videos_rel ON videos (rel)")
+        self._refused = 0  # paths the listing refused
+        self._folders_out = 0  # of them, folders behind links leading out (not walked)
+        self._folder_out: tuple[str, str] | None = None  # the first of those by name
+        db.execute("CREATE TABLE videos (rel BLOB NOT NULL, stem BLOB, refusal TEXT)")
+        _bulk_insert(db, "INSERT INTO videos VALUES (?, ?, ?)", self._records(relpaths))
+        db.execute("CREATE INDEX videos_rel ON videos (rel, refusal)")
         db.execute("CREATE INDEX videos_stem ON videos (stem, rel) WHERE stem IS NOT NULL")
         self._cursor = db.cursor()  # reused: a new cursor per lookup costs as much as the query
+
+    def _records(self, relpaths: Iterable[str]) -> Iterator[tuple]:
+        """The table rows of the listed paths, streamed; the refused ones are counted."""
+        for listed in relpaths:
+            rel = listed.lstrip("/")
+            reason = None if type(listed) is str else listed_refusal(listed)
+            if reason is not None:
+                self._note_refused(rel, reason)
+            stem = video_stem(rel)
+            yield _blob(rel), _blob(stem) if stem is not None else None, reason
+
+    def _note_refused(self, rel: str, reason: str) -> None:
+        self._refused += 1
+        if rel.endswith("/"):
+            self._folders_out += 1
+            self._folder_out = min(self._folder_out or (rel, reason), (rel, reason))
 
     def find_stem(self, stem: str) -> list[str]:
         found = self._cursor.execute(
@@ -197,6 +210,19 @@ class SqliteVideos:
     def __contains__(self, rel: object) -> bool:
         return isinstance(rel, str) and self._cursor.execute(
             "SELECT 1 FROM videos WHERE rel = ? LIMIT 1", (_blob(rel),)).fetchone() is not None
+
+    def refusal(self, rel: str) -> str | None:
+        if not self._refused:
+            return None
+        names = lookup_names(rel)
+        found = self._cursor.execute(
+            f"SELECT rel, refusal FROM videos WHERE rel IN ({','.join('?' * len(names))}) "
+            f"AND refusal IS NOT NULL", [_blob(n) for n in names]).fetchall()
+        return refusal_below(rel, {r.decode("utf-8", "surrogateescape"): reason
+                                   for r, reason in found})
+
+    def links_out(self) -> str:
+        return links_out_note(self._folders_out, self._folder_out)
 
 
 def store_rows(db: sqlite3.Connection, rows: Iterable[ManifestRow]) -> None:

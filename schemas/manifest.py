@@ -6,15 +6,24 @@ by the pipeline through Beam's FileSystems), and give one ``ManifestRow`` per da
 A malformed file (wrong header, wrong field count) raises ``ManifestError`` naming the
 file and line; a row that is well formed but unusable (missing video, unknown label,
 duplicate key, path outside the root) carries an ``error`` and becomes a recorded failure.
+
+The video root is a boundary: a row's video must lie inside it lexically (no '..' out of it,
+no absolute path or URI elsewhere) and, locally, by its real path (symlinks resolved) and be
+a regular file. The listing marks the files that fail the second test (``Refused``); without
+a video root the manifest's folder is the root and its rows are checked here
+(``ManifestFolder``), the one place the parsers touch the filesystem.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 import posixpath
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Protocol
@@ -53,6 +62,137 @@ class VideoLookup(Protocol):
     def __contains__(self, rel: object) -> bool:
         """Whether the file ``rel`` is there."""
 
+    def refusal(self, rel: str) -> str | None:
+        """Why the file ``rel`` must not be read (``Refused``: it or a folder on its way), or
+        None."""
+
+    def links_out(self) -> str:
+        """'' or a note for 'video not found' messages: folders behind links leading out of
+        the root were not searched."""
+
+
+class Refused(str):
+    """A listed path that must not be read, with why (``reason``): its real path is outside
+    the video root ("escapes the video root: REAL"), or it is not a regular file. A folder
+    behind a link leading out of the root is listed, not walked, as 'rel/' (ending in '/').
+    A str, so that a listing stays a stream of root-relative paths."""
+
+    reason: str
+
+    def __new__(cls, rel: str, reason: str) -> "Refused":
+        listed = super().__new__(cls, rel)
+        listed.reason = reason
+        return listed
+
+
+def listed_refusal(listed: str) -> str | None:
+    """The reason a listed path carries (``Refused``), else None."""
+    return getattr(listed, "reason", None)
+
+
+def escape_reason(real: str) -> str:
+    """The failure of a video whose real path ``real`` lies outside the video root."""
+    return f"escapes the video root: {printable(real)}"
+
+
+def printable(path: str) -> str:
+    """``path`` with bytes of a file name that are not UTF-8 (surrogate escapes) shown as
+    '\\xNN': a reason is stored and written as UTF-8 text."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_within(path: str, root: str) -> bool:
+    """Whether the normalised absolute path (or URI) ``path`` is ``root`` or lies below it."""
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, by its ``st_mode``."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def type_refusal(mode: int) -> str | None:
+    """Why a file of ``st_mode`` ``mode`` must not be opened (a FIFO would block), or None."""
+    return None if stat.S_ISREG(mode) else f"not a regular file ({_kind(mode)})"
+
+
+def judge(real: str, mode: int | None, real_root: str) -> str | None:
+    """Why the file at real path ``real`` (symlinks resolved), of ``st_mode`` ``mode``
+    (None: missing, reported where it is opened), must not be read: it lies outside
+    ``real_root`` (resolved too) or is not a regular file. None when it may be read."""
+    if not is_within(real, real_root):
+        return escape_reason(real)
+    return None if mode is None else type_refusal(mode)
+
+
+_O_PATH = getattr(os, "O_PATH", 0)
+
+
+def resolve(path: str) -> tuple[str, int | None]:
+    """``path``'s real path (symlinks resolved) and its ``st_mode``, None when it is
+    missing; OSError for another failure (ELOOP: a link loop). Linux resolves it in the
+    kernel: an O_PATH descriptor reads nothing (a FIFO does not block) and /proc names
+    what it reached, 3 system calls where os.path.realpath makes one per path component."""
+    if _O_PATH:
+        try:
+            fd = os.open(path, _O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return os.path.realpath(path), None
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode
+        except OSError:
+            pass  # no /proc: resolved in Python below
+        finally:
+            os.close(fd)
+    real = os.path.realpath(path)
+    try:
+        return real, os.stat(real).st_mode
+    except FileNotFoundError:
+        return real, None
+
+
+def local_refusal(path: str, real_root: str) -> tuple[str, str | None]:
+    """The real path of the local file ``path`` and why it must not be read (``judge``;
+    or a link loop), or None, also when it cannot be looked at (reported where opened).
+    Never opens it for reading."""
+    try:
+        real, mode = resolve(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return path, f"a symbolic link loop: {printable(path)}"
+        real, mode = os.path.realpath(path), None
+    return real, judge(real, mode, real_root)
+
+
+def refusal_below(rel: str, refused: dict[str, str]) -> str | None:
+    """Why ``rel`` must not be read, from the refusals ``refused`` found for it and its
+    folders (``lookup_names``): its own, or that of a folder behind a link leading out of
+    the root, whose reason ends in the folder's real path and so extends to ``rel``'s."""
+    if rel in refused:
+        return refused[rel]
+    for folder in lookup_names(rel)[1:]:
+        if folder in refused:
+            return f"{refused[folder]}/{printable(rel[len(folder):])}"
+    return None
+
+
+def lookup_names(rel: str) -> list[str]:
+    """``rel`` and the folders it is in, as listed folders are ('a/', 'a/b/')."""
+    parts = rel.split("/")[:-1]
+    return [rel] + ["/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)]
+
+
+def links_out_note(count: int, first: tuple[str, str] | None) -> str:
+    """The ``VideoLookup.links_out`` note for ``count`` folders not walked, ``first``
+    (by name) the path and reason of one."""
+    if not count or first is None:
+        return ""
+    return (f"; {count} linked folder(s) under it lead out of it and were not searched, "
+            f"e.g. {first[0]} ({first[1]})")
+
 
 def video_stem(rel: str) -> str | None:
     """The file name without extension when ``rel`` has a video extension, else None."""
@@ -65,7 +205,9 @@ class VideoIndex:
     planner uses an SQLite-backed ``VideoLookup`` of bounded memory)."""
 
     def __init__(self, relpaths: Iterable[str]):
-        self.paths = frozenset(p.lstrip("/") for p in relpaths)
+        listed = [(p.lstrip("/"), listed_refusal(p)) for p in relpaths]
+        self.paths = frozenset(rel for rel, _ in listed)
+        self.refused = {rel: reason for rel, reason in listed if reason is not None}
         self.by_stem: dict[str, list[str]] = defaultdict(list)
         for rel in sorted(self.paths):
             stem = video_stem(rel)
@@ -77,6 +219,14 @@ class VideoIndex:
 
     def __contains__(self, rel: object) -> bool:
         return rel in self.paths
+
+    def refusal(self, rel: str) -> str | None:
+        return refusal_below(rel, self.refused) if self.refused else None
+
+    def links_out(self) -> str:
+        folders = [rel for rel in self.refused if rel.endswith("/")]
+        first = min(folders, default=None)
+        return links_out_note(len(folders), first and (first, self.refused[first]))
 
 
 def check_key(key: str) -> str | None:
@@ -102,14 +252,57 @@ def path_key(relpath: str) -> str:
     return _KEY_BAD_CHARS.sub("_", stem.replace("/", "__"))
 
 
-def contained_path(path: str, absolute_ok: bool) -> str | None:
-    """Normalised path, or None when it escapes the video root."""
+def contained_path(path: str, absolute_ok: bool, root: str | None = None) -> str | None:
+    """Normalised path, or None when it escapes the video root: a relative path may not
+    climb out of it; an absolute path or URI is refused unless ``absolute_ok``, and then,
+    when ``root`` is given, must lie under it (lexically: symlinks are the listing's)."""
     if path.startswith("/") or _URI.match(path):
-        return path if absolute_ok else None
+        if not absolute_ok:
+            return None
+        if root is None:
+            return path
+        norm, base = _absolute(path), _absolute(root)
+        return norm if norm is not None and base is not None and is_within(norm, base) else None
     norm = posixpath.normpath(path)
     if norm == ".." or norm.startswith("../") or norm == ".":
         return None
     return norm
+
+
+def _absolute(path: str) -> str | None:
+    """A local path made absolute or a URI, normalised ('..' resolved in the text); None
+    for a URI whose '..' climbs above its bucket."""
+    if not _URI.match(path):
+        return os.path.abspath(path)
+    scheme, rest = path.split("://", 1)
+    norm = posixpath.normpath(rest) if rest else ""
+    if norm == ".." or norm.startswith("../"):
+        return None
+    return f"{scheme}://{norm.lstrip('/')}"
+
+
+class ManifestFolder:
+    """The video root of a manifest read without --video-root: its folder. Nothing is
+    listed (a missing video is found when it is opened), but a row's path must lie inside
+    it: for a local folder by its real path, as a listed root's files; on an object store
+    (no symlinks) by its text."""
+
+    def __init__(self, source: str):
+        self.root = posixpath.dirname(source) or "."
+        self.real = None if _URI.match(self.root) else os.path.realpath(self.root)
+
+    def place(self, path: str) -> tuple[str | None, str | None]:
+        """(the row's path, None), or (the path or None, why it cannot be read)."""
+        if self.real is None:
+            rel = contained_path(path, True, self.root)
+        else:  # a URI is never in a local folder; an absolute path is judged by its real path
+            rel = None if _URI.match(path) else contained_path(path, True)
+        if rel is None:
+            return None, (f"path {path!r} escapes the video root (without --video-root: "
+                          f"the manifest's folder {self.root})")
+        if self.real is None:
+            return rel, None
+        return rel, local_refusal(os.path.join(self.root, rel), self.real)[1]
 
 
 # --------------------------------------------------------------------------- readers
@@ -194,10 +387,11 @@ def _find_by_stem(videos: VideoLookup, stem: str) -> tuple[str | None, str | Non
     found = videos.find_stem(stem)
     if not found:
         exts = "/".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
-        return None, f"video not found: no {stem}.{{{exts}}} under the video root"
+        return None, (f"video not found: no {stem}.{{{exts}}} under the video root"
+                      f"{videos.links_out()}")
     if len(found) > 1:
         return None, f"ambiguous video: {len(found)} files named {stem}.*: {', '.join(found)}"
-    return found[0], None
+    return found[0], videos.refusal(found[0])
 
 
 def iter_mit(lines: Iterable[str], source: str, videos: VideoLookup,
@@ -217,8 +411,7 @@ def iter_mit(lines: Iterable[str], source: str, videos: VideoLookup,
             raise ManifestError(f"{source}:{line}: {','.join(fields)!r} is not a Moments in "
                                 f"Time row (category/file.mp4,category,...){_kind_hint(fields)}")
         rel, label = fields[0].strip(), fields[1].strip()
-        yield _path_row(line, rel, label, split, videos, absolute_ok=False,
-                        fallbacks=_mit_fallbacks(rel, split))
+        yield _path_row(line, rel, label, split, videos, fallbacks=_mit_fallbacks(rel, split))
 
 
 def read_mit(text: str, source: str, videos: VideoLookup, split: str | None) -> list[ManifestRow]:
@@ -235,20 +428,24 @@ def _mit_fallbacks(rel: str, split: str | None) -> list[str]:
 def iter_generic(lines: Iterable[str], source: str, videos: VideoLookup | None,
                  split: str | None = None) -> Iterator[ManifestRow]:
     """A generic list, CSV with header ``path,label[,split]`` or JSON Lines with the same
-    keys. Paths are relative to the video root; without a root (videos None) they are used
-    as given and existence is checked when the video is opened. ``split`` overrides."""
+    keys. Paths are relative to the video root; without a root (videos None) the
+    manifest's folder is the root (``ManifestFolder``) and a video's existence is checked
+    when it is opened. ``split`` overrides."""
     if source.endswith((".jsonl", ".json")):
         records = _jsonl_rows(lines, source)
     else:
         records = _csv_rows(lines, source, ["path"])
+    folder = ManifestFolder(source) if videos is None else None
     for line, rec in records:
-        path = str(rec.get("path") or "").strip()
+        path = (rec.get("path") or "").strip()
         if not path:
             raise ManifestError(f"{source}:{line}: empty path")
-        label = rec.get("label")
-        label = None if label in (None, "") else str(label).strip()
+        label = (rec.get("label") or "").strip() or None
         row_split = split or rec.get("split") or None
-        yield _path_row(line, path, label, row_split, videos, absolute_ok=videos is None)
+        if folder is not None:
+            yield _folder_row(line, path, label, row_split, folder)
+        else:
+            yield _path_row(line, path, label, row_split, videos)
 
 
 def read_generic(text: str, source: str, videos: VideoLookup | None) -> list[ManifestRow]:
@@ -271,23 +468,51 @@ def _jsonl_rows(lines: Iterable[str], source: str) -> Iterator[tuple[int, dict]]
                 raise ManifestError(f"{source}:{line}: not valid JSON: {exc.msg}") from None
             if not isinstance(rec, dict) or "path" not in rec:
                 raise ManifestError(f"{source}:{line}: expected an object with a 'path' key")
+            _check_types(rec, source, line)
             yield line, rec
 
 
+# the JSON types a JSON Lines record's fields may have: a number or list is no path or label
+_JSON_FIELDS = {"path": (str,), "label": (str, type(None)), "split": (str, type(None))}
+_JSON_TYPE_NAMES = {str: "a string", type(None): "null", bool: "a boolean", int: "a number",
+                    float: "a number", list: "an array", dict: "an object"}
+
+
+def _check_types(rec: dict, source: str, line: int) -> None:
+    """Raises ManifestError when a field of ``_JSON_FIELDS`` has another JSON type (it
+    would otherwise be turned into a string: 3 into the class '3')."""
+    for name, types in _JSON_FIELDS.items():
+        if name in rec and not isinstance(rec[name], types):
+            wanted = " or ".join(_JSON_TYPE_NAMES[t] for t in types)
+            raise ManifestError(f"{source}:{line}: {name!r} is "
+                                f"{_JSON_TYPE_NAMES.get(type(rec[name]), 'not JSON')}, "
+                                f"expected {wanted}")
+
+
 def _path_row(line: int, path: str, label: str | None, split: str | None,
-              videos: VideoLookup | None, absolute_ok: bool,
-              fallbacks: Iterable[str] = ()) -> ManifestRow:
-    rel = contained_path(path, absolute_ok)
+              videos: VideoLookup, fallbacks: Iterable[str] = ()) -> ManifestRow:
+    """The row of a path under a listed video root: found (at ``path`` or a fallback), or
+    why not (outside the root, refused by the listing, missing)."""
+    rel = contained_path(path, absolute_ok=False)
     if rel is None:
         return ManifestRow(line, path_key(path.lstrip("/")), None, label, split,
                            f"path {path!r} escapes the video root")
-    key = path_key(rel.lstrip("/").split("://", 1)[-1])
-    if videos is None:
-        return ManifestRow(line, key, rel, label, split)
-    for candidate in [rel, *fallbacks]:
+    key = path_key(rel)
+    candidates = [rel, *fallbacks]
+    for candidate in candidates:
         if candidate in videos:
-            return ManifestRow(line, key, candidate, label, split)
-    return ManifestRow(line, key, None, label, split, f"video not found: {rel} under the video root")
+            return ManifestRow(line, key, candidate, label, split, videos.refusal(candidate))
+    refused = next(filter(None, map(videos.refusal, candidates)), None)  # via a link out
+    return ManifestRow(line, key, None, label, split,
+                       refused or f"video not found: {rel} under the video root")
+
+
+def _folder_row(line: int, path: str, label: str | None, split: str | None,
+                folder: ManifestFolder) -> ManifestRow:
+    """The row of a path without a video root: inside the manifest's folder, or why not."""
+    rel, error = folder.place(path)
+    key = path_key((rel or path).lstrip("/").split("://", 1)[-1])
+    return ManifestRow(line, key, rel, label, split, error)
 
 
 # --------------------------------------------------------------------------- checks

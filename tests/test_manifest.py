@@ -1,8 +1,11 @@
 """Tests for manifest parsing (Kinetics, Moments in Time, generic) and row checks."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from actprep.pipelines import plansort
 from actprep.schemas.labels import parse_class_list
 from actprep.schemas.manifest import (
     MAX_KEY_LENGTH,
@@ -321,14 +324,49 @@ def test_generic_paths_escaping_the_root(path):
     assert check_key(row.key) is None  # still a usable key for the failure record
 
 
-def test_generic_without_root_accepts_absolute_paths():
-    text = "path,label\n/abs/videos/x.mp4,jump\ngs://bucket/v/y.webm,run\nrel/z.avi,run\n"
-    rows = read_manifest("generic", text, "list.csv", None)
-    assert [(r.key, r.path, r.error) for r in rows] == [
-        ("abs__videos__x", "/abs/videos/x.mp4", None),
-        ("bucket__v__y", "gs://bucket/v/y.webm", None),
-        ("rel__z", "rel/z.avi", None),
-    ]
+def test_generic_without_root_paths_stay_in_the_manifests_folder(tmp_path):
+    """Without --video-root the manifest's folder is the root: an absolute path inside it
+    is kept as given, one outside it (by its real path), a URI or a '..' out of it are
+    failures of their row."""
+    folder = tmp_path / "m"
+    (folder / "videos").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    inside, outside = folder / "videos" / "x.mp4", tmp_path / "elsewhere" / "y.mp4"
+    text = (f"path,label\n{inside},jump\n{outside},run\ngs://bucket/v/y.webm,run\n"
+            f"rel/z.avi,run\n{folder}/videos/../../elsewhere/y.mp4,run\n../m/w.mp4,run\n")
+    rows = read_manifest("generic", text, str(folder / "list.csv"), None)
+    assert [(r.path, r.error) for r in rows[:2]] == [
+        (str(inside), None), (str(outside), f"escapes the video root: {outside}")]
+    assert rows[0].key == path_key(str(inside).lstrip("/"))
+    assert rows[3].path == "rel/z.avi" and rows[3].error is None  # missing: found when opened
+    for row in (rows[2], rows[5]):
+        assert row.path is None and "escapes the video root (without --video-root: the " \
+            f"manifest's folder {folder})" in row.error
+    assert rows[4].error == f"escapes the video root: {outside}"
+
+
+def test_generic_without_root_on_an_object_store_checks_the_text():
+    text = ("path,label\ngs://b/m/v/x.mp4,a\nv/y.mp4,a\ngs://b/m/v/../../o/x.mp4,a\n"
+            "gs://b/mm/x.mp4,a\n/local/x.mp4,a\ngs://c/m/x.mp4,a\n")
+    rows = read_manifest("generic", text, "gs://b/m/list.csv", None)
+    assert [(r.path, r.error) for r in rows[:2]] == [("gs://b/m/v/x.mp4", None),
+                                                      ("v/y.mp4", None)]
+    assert all("escapes the video root" in r.error and r.path is None for r in rows[2:])
+
+
+@pytest.mark.parametrize("path, root, expected", [
+    ("/r/a/x.mp4", "/r", "/r/a/x.mp4"),
+    ("/r/a/../x.mp4", "/r", "/r/x.mp4"),
+    ("/r/../x.mp4", "/r", None),
+    ("/rr/x.mp4", "/r", None),
+    ("gs://b/r/x.mp4", "gs://b/r", "gs://b/r/x.mp4"),
+    ("gs://b/r/../x.mp4", "gs://b/r", None),
+    ("gs://b/../../x.mp4", "gs://b", None),
+    ("gs://c/r/x.mp4", "gs://b/r", None),
+    ("gs://b/r/x.mp4", "/r", None),
+])
+def test_contained_path_under_a_root(path, root, expected):
+    assert contained_path(path, True, root) == expected
 
 
 def test_generic_bad_json_line():
@@ -345,6 +383,48 @@ def test_generic_empty_path_and_missing_column():
         read_generic("path,label\nx.mp4,a\n ,b\n", "l.csv", GENERIC_VIDEOS)
     with pytest.raises(ManifestError, match=r"l\.csv:1"):
         read_generic("file,label\nx.mp4,a\n", "l.csv", GENERIC_VIDEOS)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"path": 3}, "'path' is a number, expected a string"),
+    ({"path": None}, "'path' is null, expected a string"),
+    ({"path": ["a.mp4"]}, "'path' is an array, expected a string"),
+    ({"path": "x.mp4", "label": 3}, "'label' is a number, expected a string or null"),
+    ({"path": "x.mp4", "label": True}, "'label' is a boolean, expected a string or null"),
+    ({"path": "x.mp4", "label": {"name": "a"}}, "'label' is an object, expected a string"),
+    ({"path": "x.mp4", "split": 1}, "'split' is a number, expected a string or null"),
+])
+def test_generic_jsonl_fields_of_the_wrong_type(record, message):
+    """A JSON Lines field of another type is an error naming file and line, not turned
+    into a string (a label 3 would become the class '3')."""
+    text = '{"path": "x.mp4", "label": null, "split": null}\n\n' + json.dumps(record) + "\n"
+    with pytest.raises(ManifestError) as caught:
+        read_generic(text, "data/l.jsonl", GENERIC_VIDEOS)
+    assert str(caught.value).startswith("data/l.jsonl:3: ") and message in str(caught.value)
+
+
+UTF8_TEXT = "path,label\nclips/a.mp4,café ☕\n"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 1 << 20])
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize("bad, line", [
+    (b"x.mp4,caf\xe9\n", 3),           # Latin-1
+    (b"x.mp4,\xe2\x98\n", 3),          # a sequence cut by the newline
+    (b"\n\nx.mp4,\xff\n", 5),           # after blank lines
+    (b"x.mp4,a\r\ny.mp4,\xc3", 4),     # cut at the end of the file
+])
+def test_non_utf8_manifest_names_the_line(monkeypatch, tmp_path, chunk, bom, bad, line):
+    """A byte that is not UTF-8 stops the streamed manifest with FILE:LINE, whatever the
+    read size and wherever a read ends; the manifest's hash fails alike."""
+    monkeypatch.setattr(plansort, "CHUNK", chunk)
+    path = tmp_path / "list.csv"
+    path.write_bytes(bom + UTF8_TEXT.encode() + bad)
+    with pytest.raises(ManifestError, match=rf"list\.csv:{line}: not UTF-8 \(0x"), \
+            plansort.manifest_lines(str(path)) as lines:
+        list(iter_manifest("generic", lines, str(path), GENERIC_VIDEOS))
+    with pytest.raises(ManifestError, match=rf"list\.csv:{line}: not UTF-8"):
+        plansort.text_sha256(str(path))
 
 
 def test_read_manifest_split_override_applies_to_every_row():
