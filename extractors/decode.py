@@ -6,8 +6,10 @@ long the video is. ffmpeg's stderr is drained by a thread so neither pipe can fi
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import threading
+from dataclasses import dataclass
 from typing import IO, Iterator
 
 try:
@@ -20,6 +22,19 @@ import numpy as np
 
 from actprep.extractors.errors import MediaError
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
+
+
+# A line of ffmpeg's ``-progress`` report ("out_time_us=2000000"), told apart from its errors.
+_PROGRESS_LINE = re.compile(r"[a-z][a-z0-9_]*=\S*")
+
+
+@dataclass
+class DecodedSpan:
+    """Where a finished decode's output ended, in seconds, by ffmpeg's own account (its
+    ``-progress`` report): the frames' timestamps, whatever rate they were made at, so
+    truncation can be judged by time. None until ffmpeg has finished."""
+
+    seconds: float | None = None
 
 
 def _even(x: float) -> int:
@@ -42,12 +57,25 @@ def output_size(width: int, height: int, short_side: int | None = None,
     return _even(width * short_side / height), short_side
 
 
-def _drain(pipe: IO[bytes], tail: collections.deque[str]) -> None:
-    """Keep the last stderr lines while letting ffmpeg write freely (runs in a thread)."""
+def _drain(pipe: IO[bytes], tail: collections.deque[str],
+           progress: dict[str, str] | None = None) -> None:
+    """Keep the last stderr lines while letting ffmpeg write freely (runs in a thread);
+    with ``progress``, its ``-progress`` lines go there (latest value per key) instead."""
     for raw in iter(pipe.readline, b""):
         line = raw.decode("utf-8", "replace").strip()
-        if line:
+        if progress is not None and _PROGRESS_LINE.fullmatch(line):
+            key, value = line.split("=", 1)
+            progress[key] = value
+        elif line:
             tail.append(line)
+
+
+def _progress_seconds(progress: dict[str, str]) -> float | None:
+    """The output's end time from ffmpeg's final ``-progress`` report, if it gave one."""
+    value = progress.get("out_time_us", "")
+    if progress.get("progress") != "end" or not value.isdigit():
+        return None
+    return int(value) / 1e6
 
 
 def _failure(proc: subprocess.Popen, tail: collections.deque[str]) -> str:
@@ -86,15 +114,17 @@ def _widen(pipe: IO[bytes], nbytes: int) -> None:
 
 
 def _pipe(stream: ffmpeg.nodes.OutputStream, chunk_bytes: int, stage: str,
-          exact: bool) -> Iterator[bytearray]:
+          exact: bool, progress: dict[str, str] | None = None) -> Iterator[bytearray]:
     """Runs ffmpeg and yields its stdout in chunks of ``chunk_bytes`` (the last one may be
     shorter unless ``exact``, when a partial chunk is dropped). Raises MediaError(stage)
-    when ffmpeg fails or produces nothing. Closing early kills and reaps ffmpeg."""
-    proc = (stream.global_args("-nostdin", "-v", "error")
+    when ffmpeg fails or produces nothing. Closing early kills and reaps ffmpeg. With
+    ``progress``, ffmpeg's ``-progress`` report is collected there."""
+    extra = ["-progress", "pipe:2"] if progress is not None else []
+    proc = (stream.global_args("-nostdin", "-v", "error", *extra)
             .run_async(cmd=ffmpeg_exe(), pipe_stdout=True, pipe_stderr=True))
     _widen(proc.stdout, 4 * chunk_bytes)
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    reader = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    reader = threading.Thread(target=_drain, args=(proc.stderr, tail, progress), daemon=True)
     reader.start()
     produced = False
     try:
@@ -118,13 +148,16 @@ def _pipe(stream: ffmpeg.nodes.OutputStream, chunk_bytes: int, stage: str,
 
 
 def iter_frames(path: str, out_size: tuple[int, int], fps: float | None = None,
-                threads: int = 0) -> Iterator[np.ndarray]:
+                threads: int = 0, span: DecodedSpan | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames of shape (H, W, 3) in time order, at constant frame rate.
 
-    `fps` resamples with the fps filter; without it the source rate is kept (as CFR). Raises
-    MediaError("decode", ...) when ffmpeg fails or produces no frame. Closing the generator early
-    kills and reaps ffmpeg. `threads` is ffmpeg's decoder thread count (0: ffmpeg decides);
-    when several videos decode at once, 1 spends the least CPU per frame.
+    `fps` resamples with the fps filter; without it the source rate is kept (as CFR): right
+    for constant-rate sources only (a variable-rate one needs an `fps`, see
+    ``probe.with_frame_timing``). Raises MediaError("decode", ...) when ffmpeg fails or
+    produces no frame. Closing the generator early kills and reaps ffmpeg. `threads` is
+    ffmpeg's decoder thread count (0: ffmpeg decides); when several videos decode at once, 1
+    spends the least CPU per frame. `span`, when given, receives where the output ended
+    once the last frame has been read.
     """
     width, height = out_size
     video = ffmpeg.input(path, threads=threads)["V:0"]  # first real video stream, never cover art
@@ -132,8 +165,11 @@ def iter_frames(path: str, out_size: tuple[int, int], fps: float | None = None,
         video = video.filter("fps", fps=fps)
     video = video.filter("scale", width, height, flags="bicubic").filter("setsar", 1)
     stream = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", an=None, fps_mode="cfr")
-    for buf in _pipe(stream, width * height * 3, "decode", exact=True):
+    progress: dict[str, str] | None = {} if span is not None else None
+    for buf in _pipe(stream, width * height * 3, "decode", exact=True, progress=progress):
         yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
+    if span is not None:
+        span.seconds = _progress_seconds(progress)
 
 
 def iter_audio(path: str, sample_rate: int = 16000, chunk_seconds: float = 30.0,

@@ -5,15 +5,22 @@ one output file must be specified" for a good file; that is the normal case here
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 
 from actprep.extractors.errors import MediaError
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 
 PROBE_TIMEOUT_S = 60.0
+SCAN_TIMEOUT_S = 600.0
+# Frame times within this much of an even grid are constant-rate: container rounding (1 ms
+# in Matroska/WebM) is one tick of the time base, and 0.1 ms is far below any visible jitter.
+GRID_TOLERANCE_S = 1e-4
+_NOPTS = -(2 ** 63)
 
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6,
                     "octagonal": 8, "hexadecagonal": 16}
@@ -37,6 +44,39 @@ class MediaInfo:
     audio_codec: str | None = None
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
+    # Set by ``with_frame_timing`` when the frames are not evenly spaced: the one constant
+    # rate they are decoded at (their average rate). None: decoded at the stream's own rate.
+    vfr_fps: float | None = None
+
+    def with_frame_timing(self, path: str) -> MediaInfo:
+        """This info with ``vfr_fps`` set if `path` has a variable frame rate (see the
+        module's ``with_frame_timing``)."""
+        return with_frame_timing(path, self)
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """When the first video stream's frames are shown: their sorted presentation times, in
+    ticks of ``time_base``, and where the last one ends."""
+
+    pts: tuple[int, ...]
+    end: int
+    time_base: Fraction
+
+    @property
+    def span(self) -> float:
+        """Seconds from the first frame's start to the last frame's end."""
+        return float((self.end - self.pts[0]) * self.time_base)
+
+    def regular(self) -> bool:
+        """True when every frame lies on an even grid from the first to the last one
+        (within a tick of the time base or GRID_TOLERANCE_S): a constant frame rate."""
+        n = len(self.pts)
+        if n < 3:
+            return True
+        step = (self.pts[-1] - self.pts[0]) / (n - 1)
+        tolerance = max(1.0, GRID_TOLERANCE_S / float(self.time_base)) + 1e-6
+        return all(abs(p - self.pts[0] - k * step) <= tolerance for k, p in enumerate(self.pts))
 
 
 def _even(x: float) -> int:
@@ -133,3 +173,61 @@ def probe(path: str) -> MediaInfo:
     if info.width <= 0 or info.height <= 0:
         raise MediaError("probe", "the video stream has no frame size")
     return info
+
+
+def _timing(lines: list[str]) -> FrameTiming | None:
+    """FrameTiming from ``-f framecrc`` text; None without a time base or a timed frame.
+
+    The last frame is taken to last as long as the interval before it: packet durations
+    are decode-order (dts) steps, which B-frames and edit lists make unreliable here."""
+    base, times, duration = None, [], 0
+    for line in lines:
+        if line.startswith("#tb 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            base = Fraction(int(num), int(den))
+        elif line and not line.startswith("#"):
+            _, dts, pts, duration = (int(v) for v in line.split(",")[:4])
+            if pts == _NOPTS and dts == _NOPTS:
+                return None
+            times.append(pts if pts != _NOPTS else dts)
+    if base is None or not times:
+        return None
+    times.sort()
+    last = times[-1] - times[-2] if len(times) > 1 else duration
+    return FrameTiming(tuple(times), times[-1] + max(last, 1), base)
+
+
+def frame_timing(path: str) -> FrameTiming | None:
+    """The first video stream's frame times, read by demuxing alone (a stream copy into
+    ffmpeg's framecrc listing; nothing is decoded). None when ffmpeg cannot list them: the
+    decode then reports what is wrong with the file."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", path,
+           "-map", "0:V:0", "-c", "copy", "-f", "framecrc", "-"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=SCAN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0:
+        return None
+    return _timing(proc.stdout.decode("ascii", "replace").splitlines())
+
+
+def average_rate(frames: int, span: float) -> float:
+    """``frames / span`` written short where that changes the frame count by at most half a
+    frame over ``span``: a whole number, an NTSC N/1.001 rate, or 2 or 3 decimals."""
+    exact = frames / span
+    for rate in (round(exact), round(exact * 1.001) / 1.001, round(exact, 2), round(exact, 3)):
+        if rate > 0 and abs(rate - exact) * span <= 0.5:
+            return float(rate)
+    return exact
+
+
+def with_frame_timing(path: str, info: MediaInfo) -> MediaInfo:
+    """``info`` with ``vfr_fps`` set when the frames are not evenly spaced (a variable frame
+    rate): they are then decoded at their average rate, frames / span, which keeps both the
+    frame count and the duration. Constant-rate sources come back unchanged (decoded as
+    before, at ffmpeg's rate for the stream)."""
+    timing = frame_timing(path)
+    if timing is None or timing.regular():
+        return info
+    return dataclasses.replace(info, vfr_fps=average_rate(len(timing.pts), timing.span))

@@ -14,7 +14,7 @@ import numpy as np
 from actprep.extractors.audio.mfcc import MfccStream
 from actprep.extractors.audio.vggish_input import SAMPLE_RATE
 from actprep.extractors.audio.vggish_pca import postprocess
-from actprep.extractors.decode import iter_audio, iter_frames, output_size
+from actprep.extractors.decode import DecodedSpan, iter_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.probe import MediaInfo, probe
 from actprep.extractors.flow.engine import FlowEngine
@@ -103,23 +103,34 @@ def _process_media(entry: PlanEntry, opts: RunOptions, models: Models | None,
         return failed(entry, INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
-def _fetch(path: str | None):
+def _fetch(path: str | None, root: str | None = None):
+    """A context giving the local file to read for the video ``path``, checked again as
+    the planner's listing checked it, since a symlink may have changed in between
+    (``storage.readable``): locally its real path, inside ``root``'s real path and a
+    regular file (a FIFO is never opened); on an object store a download, the path under
+    ``root``. ``root``: the video root, or the manifest's folder without one; None checks
+    the file but not the root. MediaError("fetch", ...) when it must not be read."""
     if path is None:
         raise MediaError("fetch", "no video path")
-    if not storage.is_local(path) and not storage.exists(path):
-        raise MediaError("fetch", f"file not found: {path}")
-    return storage.local_copy(path)
+    try:
+        source = storage.readable(path, root)
+    except storage.Unreadable as exc:
+        raise MediaError("fetch", str(exc)) from None
+    return storage.local_copy(source)
 
 
 def _extract(entry: PlanEntry, opts: RunOptions, models: Models,
              clock: StageClock) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         with clock.stage("fetch"):
-            local = stack.enter_context(_fetch(entry.path))
+            local = stack.enter_context(_fetch(entry.path, opts.videos_within()))
         with clock.stage("probe"):
             info = probe(local)
         width, height = output_size(info.width, info.height, opts.short_side, opts.size)
-        fps = opts.fps or info.fps
+        if opts.fps is None:  # a variable frame rate becomes its average (docs/FORMAT.md)
+            with clock.stage("probe"):
+                info = info.with_frame_timing(local)
+        fps = opts.fps or info.vfr_fps or info.fps
         if fps is None:
             raise MediaError("probe", "the video's frame rate is unknown; pass --fps")
         frag = layout.fragment_path(opts.output, entry.shard, entry.line)
@@ -192,12 +203,14 @@ def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
     flow magnitude), None for what was not extracted. Members go per frame N: ``rgb.N``
     then flow N (N to N+1),
     whatever the flow batch size, so equal options give equal bytes. At most a flow batch
-    of frames is held at once."""
+    of frames is held at once. Frames are resampled to ``--fps``, or a variable-rate
+    source to ``info.vfr_fps``; a constant-rate one keeps its own rate (``fps``)."""
     want_rgb = "rgb" in opts.modalities
     if not want_rgb and engine is None:
         return None, None, None
-    tap = _FrameTap(iter_frames(path, size, opts.fps, opts.decode_threads),
-                    opts.jpeg_quality, want_rgb, clock)
+    span = DecodedSpan()
+    frames = iter_frames(path, size, opts.fps or info.vfr_fps, opts.decode_threads, span)
+    tap = _FrameTap(frames, opts.jpeg_quality, want_rgb, clock)
     pairs, magnitude = None, None
     if engine is not None:
         pairs, total = 0, 0.0
@@ -211,7 +224,7 @@ def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
         for _ in tap:
             tap.write_rgb(writer, key, upto=tap.count)
     tap.write_rgb(writer, key, upto=tap.count)
-    _check_length(tap.count, info, fps, opts)
+    _check_length(tap.count, span.seconds, info, fps, opts)
     if pairs is not None and pairs != tap.count - 1:
         raise RuntimeError(f"flow: {pairs} flow fields for {tap.count} frames (expected "
                            f"{tap.count - 1})")
@@ -231,12 +244,15 @@ def _write_flow(writer: SampleWriter, key: str, number: int, flow: np.ndarray,
         writer.add(sample.member_name(key, sample.flow_raw_suffix(number)), sample.npy_bytes(raw))
 
 
-def _check_length(count: int, info: MediaInfo, fps: float, opts: RunOptions) -> None:
-    """Raises MediaError when the video decoded to clearly fewer frames than declared."""
+def _check_length(count: int, seconds: float | None, info: MediaInfo, fps: float,
+                  opts: RunOptions) -> None:
+    """Raises MediaError when the decode ended clearly before the duration the header
+    declares. Judged by time: ``seconds``, where ffmpeg says its output ended (the frames'
+    timestamps, right whatever rate ffmpeg chose), else ``count / fps``; one frame of slack."""
     if info.duration and opts.min_decoded_fraction > 0:
-        declared = info.duration * fps
-        if count < opts.min_decoded_fraction * declared - 1:
-            raise MediaError("decode", f"truncated: decoded {count} frames ({count / fps:.2f} s) "
+        decoded = seconds if seconds is not None else count / fps
+        if decoded < opts.min_decoded_fraction * info.duration - 1 / fps:
+            raise MediaError("decode", f"truncated: decoded {count} frames ({decoded:.2f} s) "
                              f"of the {info.duration:.2f} s its header declares")
 
 

@@ -11,7 +11,9 @@ import math
 import os
 import random
 import subprocess
+import tempfile
 from fractions import Fraction
+from typing import Sequence
 
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 
@@ -78,9 +80,82 @@ def make_video(
         cmd += ["-map", "1:a", "-c:a", acodec, "-ac", str(audio_channels)]
     cmd += ["-threads", "1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
             "-flags:a", "+bitexact", "-map_metadata", "-1", path]
+    _run(cmd, path)
+    return path
+
+
+def _run(cmd: list[str], path: str) -> None:
+    """Runs an ffmpeg command that makes `path`; RuntimeError with its stderr if it fails."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed ({proc.returncode}) making {path}: {proc.stderr.strip()}")
+        raise RuntimeError(f"ffmpeg failed ({proc.returncode}) making {path}: "
+                           f"{proc.stderr.strip()}")
+
+
+def _times_expr(times: Sequence[float]) -> str:
+    """ffmpeg expression of the frame number N giving ``times[N]``: a balanced tree of
+    ``if(lt(N,k),...)``, so hundreds of frames stay a few levels deep."""
+    def tree(lo: int, hi: int) -> str:
+        if hi - lo == 1:
+            return f"{times[lo]:.6f}"
+        mid = (lo + hi) // 2
+        return f"if(lt(N\\,{mid})\\,{tree(lo, mid)}\\,{tree(mid, hi)})"
+    return tree(0, len(times))
+
+
+def make_vfr_video(path: str, times: Sequence[float], *, size: tuple[int, int] = (64, 48),
+                   time_base: int = 90000, audio_freq: float | None = None,
+                   motion: tuple[float, float] = (2.0, 1.0)) -> str:
+    """Write an H.264 video (MP4/MKV by extension) whose frame N is shown at ``times[N]``
+    seconds (increasing), in a ``1/time_base`` time base: a variable frame rate, as a phone
+    or a timecodes file (mkvmerge's v2 format) gives. The last frame lasts as long as the
+    interval before it, and the optional tone as long as the frames. Returns `path`."""
+    n = len(times)
+    end = times[-1] + (times[-1] - times[-2] if n > 1 else 0.04)
+    chain = (f"{_texture_chain(n, Fraction(30), size, motion, 'yuv420p')},"
+             f"settb=1/{time_base},setpts='round(({_times_expr(times)})/TB)'")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+           "-i", chain]
+    if audio_freq is not None:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency={audio_freq}:duration={end:.6f}"]
+    cmd += ["-map", "0:v", "-c:v", "libx264", *_VCODEC_ARGS["libx264"], "-pix_fmt", "yuv420p",
+            "-fps_mode", "passthrough", "-enc_time_base", f"1/{time_base}"]
+    if audio_freq is not None:
+        ext = os.path.splitext(path)[1].lower()
+        cmd += ["-map", "1:a", "-c:a", DEFAULT_AUDIO_CODEC.get(ext, "aac")]
+    cmd += ["-threads", "1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+            "-flags:a", "+bitexact", "-map_metadata", "-1", path]
+    _run(cmd, path)
+    return path
+
+
+def jittered_times(frames: int, fps: float = 30.0, jitter: float = 0.004, seed: int = 0,
+                   dropped: Sequence[int] = ()) -> list[float]:
+    """Frame times of a phone-style capture: ``fps`` nominal, each frame but the first up
+    to ``jitter`` s early or late (seeded; keep it under half a frame so times increase),
+    and a gap where each slot of ``dropped`` was skipped."""
+    rng = random.Random(seed)
+    skip = set(dropped)
+    slots = [k for k in range(frames + len(skip)) if k not in skip][:frames]
+    return [k / fps + (rng.uniform(-jitter, jitter) if k else 0.0) for k in slots]
+
+
+def join_videos(path: str, parts: Sequence[str], time_base: int = 15360) -> str:
+    """Join MP4 `parts` (same codec and size) end to end by stream copy, as an editor or a
+    camera that changed modes does: each part keeps its own frame rate, so mixed rates
+    give a variable-rate file. The parts are first remuxed to one ``1/time_base`` track
+    time base, which ffmpeg's concat demuxer needs to keep their times. Returns `path`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = os.path.join(tmp, "parts.txt")
+        with open(listing, "w", encoding="utf-8") as f:
+            for number, part in enumerate(parts):
+                same = os.path.join(tmp, f"{number}.mp4")
+                _run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", part, "-map", "0",
+                      "-c", "copy", "-video_track_timescale", str(time_base), same], same)
+                f.write(f"file '{same}'\n")
+        _run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0",
+              "-i", listing, "-c", "copy", "-fflags", "+bitexact", "-map_metadata", "-1", path],
+             path)
     return path
 
 
