@@ -8,8 +8,13 @@ sweeps the batch size.
 
     python benchmarks/flow.py [--data DIR] [--presets opencv,quality] [--pairs N]
                               [--batch-sizes 1,4,8] [--cuda-batch-sizes 1,8,32,64,128,256]
+                              [--compiled] [--inner-unroll K]
                               [--seconds S] [--json FILE]
                               [--write-reference NPZ | --reference NPZ]
+
+``--compiled`` adds rows for ``tvl1_flow(..., compiled=True)`` on the CPU: steady-state pairs/s,
+the seconds of its first call (compilation, cold or from the Inductor cache; the cache folder
+is printed), and the largest |compiled - eager| flow difference over all the pairs, one by one.
 
 Where OpenCV has no ``cv2.optflow`` (a GPU machine with plain opencv-python), the OpenCV rows
 are skipped; ``--reference`` then brings OpenCV's flows of the same pairs, written beforehand
@@ -95,6 +100,43 @@ def bench_torch(pairs, params, device: str, batch: int, budget: float):
     return rate, flows, mem
 
 
+def bench_compiled(pairs, params, batch: int, budget: float, unroll: int):
+    """(pairs/s, first-call seconds) of the compiled torch backend on the CPU."""
+    from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+    prev, nxt = _stacked(pairs, batch)
+    start = time.perf_counter()
+    tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll)
+    first = time.perf_counter() - start
+
+    def step() -> int:
+        tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll)
+        return batch
+    return _timed(step, budget)[0], first
+
+
+def compiled_max_diff(pairs, params, unroll: int) -> float:
+    """Largest |compiled - eager| flow component over the distinct pairs, each alone (px)."""
+    from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+    worst = 0.0
+    for i in range(len({id(a) for a, _ in pairs})):
+        prev, nxt = _stacked(pairs[i:i + 1], 1)
+        eager = tvl1_flow(prev, nxt, params)
+        fused = tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll)
+        worst = max(worst, float((fused - eager).abs().max()))
+    return worst
+
+
+def _stacked(pairs, batch: int):
+    """prev, nxt float32 CPU tensors [batch, H, W], cycling through ``pairs``."""
+    import torch
+
+    src = (pairs * -(-batch // len(pairs)))[:batch]
+    return (torch.from_numpy(np.stack([a for a, _ in src]).astype(np.float32)),
+            torch.from_numpy(np.stack([b for _, b in src]).astype(np.float32)))
+
+
 def has_opencv_tvl1() -> bool:
     return hasattr(cv2, "optflow") and hasattr(cv2.optflow, "DualTVL1OpticalFlow_create")
 
@@ -121,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,4,8", help="torch on the CPU")
     p.add_argument("--cuda-batch-sizes", default="1,8,32,64,128,256")
     p.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
+    p.add_argument("--compiled", action="store_true",
+                   help="also time the torch.compile path on the CPU (compiles on first use)")
+    p.add_argument("--inner-unroll", type=int, default=None,
+                   help="inner iterations per compiled call (default: tvl1_torch's)")
     p.add_argument("--json")
     p.add_argument("--write-reference", metavar="NPZ",
                    help="only write OpenCV's flows of the pairs (for --reference) and exit")
@@ -130,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
+    from actprep.extractors.flow.tvl1_torch import DEFAULT_INNER_UNROLL, inductor_cache_dir
 
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
@@ -143,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     info = {"cores": cores, "python": platform.python_version(), "torch": torch.__version__,
             "opencv": cv2.__version__, "cuda": torch.cuda.get_device_name(0) if cuda else None,
             "size": SIZE, "pairs": len(pairs), "opencv_tvl1": has_opencv_tvl1()}
+    if args.compiled:
+        info["inductor_cache"] = inductor_cache_dir()
     print(f"# flow benchmark at {SIZE[0]}x{SIZE[1]}: {info}", file=sys.stderr)
     rows, results = [], {"machine": info, "presets": {}}
     for name in args.presets.split(","):
@@ -163,6 +213,18 @@ def main(argv: list[str] | None = None) -> int:
                 res["baseline"] = f"torch_cpu_b{b}"
             agree = epe(flows[0], cv_flows[0]) if cv_flows is not None else None
             rows.append((name, "torch", "cpu", b, rate, rate / base if base else None, agree, None))
+        if args.compiled:
+            unroll = args.inner_unroll or DEFAULT_INNER_UNROLL
+            for b in (int(x) for x in args.batch_sizes.split(",")):
+                rate, first = bench_compiled(pairs, params, b, args.seconds, unroll)
+                res[f"torch_cpu_compiled_b{b}"] = rate
+                res[f"torch_cpu_compiled_b{b}_first_call_s"] = first
+                rows.append((name, f"torch compiled (first call {first:.1f} s)", "cpu", b, rate,
+                             rate / base if base else None, None, None))
+            res["compiled_max_abs_diff_px"] = compiled_max_diff(pairs, params, unroll)
+            res["inner_unroll"] = unroll
+            print(f"# {name}: max |compiled - eager| {res['compiled_max_abs_diff_px']:.3g} px "
+                  f"over the pairs (unroll {unroll})", file=sys.stderr)
         if cuda:
             for b in (int(x) for x in args.cuda_batch_sizes.split(",")):
                 torch.cuda.reset_peak_memory_stats()

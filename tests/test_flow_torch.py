@@ -2,6 +2,7 @@
 with OpenCV's DualTVL1, Middlebury accuracy, batch consistency, parameters and input checks."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -234,3 +235,106 @@ def test_cuda_matches_cpu():
     gpu = tvl1_flow(prev.cuda(), nxt.cuda(), p)
     assert gpu.device.type == "cuda"
     assert (gpu.cpu() - cpu).norm(dim=1).mean() < 0.02
+
+
+# --------------------------------------------------------------------------------------------
+# 6. the compiled path (torch.compile: Inductor C++ on the CPU)
+
+from actprep.extractors.flow import tvl1_torch  # noqa: E402
+
+
+def _zero_one_inputs(wires: int) -> torch.Tensor:
+    """Every 0/1 vector of ``wires`` entries, as rows of a uint8 tensor."""
+    codes = torch.arange(2 ** wires)
+    return ((codes[:, None] >> torch.arange(wires)) & 1).to(torch.uint8)
+
+
+def _sorted_column_inputs(size: int) -> torch.Tensor:
+    """Every 0/1 size x size window whose columns are sorted (wire = column * size + rank)."""
+    cols = torch.tensor([[0] * (size - z) + [1] * z for z in range(size + 1)], dtype=torch.uint8)
+    idx = torch.cartesian_prod(*[torch.arange(size + 1)] * size)
+    return cols[idx].reshape(len(idx), size * size)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_median_networks_on_all_zero_one_inputs(size):
+    """0-1 principle: the column sort sorts every 0/1 column and the median network picks the
+    median of every 0/1 window with sorted columns, hence of every real window."""
+    cols = _zero_one_inputs(size)
+    out = tvl1_torch._exchange(list(cols.T), tvl1_torch._COLUMN_SORT[size])
+    assert torch.equal(torch.stack(out, 1), cols.sort(1).values)
+    wins = _sorted_column_inputs(size)
+    med = tvl1_torch._exchange(list(wins.T), tvl1_torch._MEDIAN_NET[size])[size * size // 2]
+    assert torch.equal(med, wins.sort(1).values[:, size * size // 2])
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_median_network_equals_torch_median(size):
+    """Exactly torch.median (the lower median; 9 and 25 are odd) with replicated borders,
+    eager and compiled, on floats with many ties, infinities and signed zeros."""
+    g = torch.Generator().manual_seed(size)
+    u = torch.randn(3, 2, 23, 31, generator=g) * 3
+    u[0] = u[0].round()  # ties
+    u[1, 0, ::4, ::3] = float("inf")
+    u[1, 1, 1::5, ::2] = -float("inf")
+    u[2, :, ::2] = -0.0
+    ref = tvl1_torch._median_blur(u, size)
+    assert torch.equal(tvl1_torch._median_network(u, size), ref)
+    active = torch.tensor([True, True, False])
+    fused = tvl1_torch._compiled(tvl1_torch._median_active)(u, active, size)
+    assert torch.equal(fused[:2], ref[:2]) and torch.equal(fused[2], u[2])
+
+
+@needs_middlebury
+def test_compiled_equals_eager_middlebury():
+    prev, nxt = (cv2.resize(f, (160, 120), interpolation=cv2.INTER_AREA)
+                 for f in middlebury_gray("RubberWhale"))
+    p = preset("opencv").with_(nscales=3, warps=3)
+    a, b = (torch.from_numpy(x.astype(np.float32))[None] for x in (prev, nxt))
+    eager = tvl1_flow(a, b, p)
+    fused = tvl1_flow(a, b, p, compiled=True, inner_unroll=5)
+    assert float(eager.abs().amax()) > 0.3  # there is motion to get wrong
+    assert float((fused - eager).abs().amax()) <= 1e-3
+
+
+def test_compiled_batch_stops_each_pair_exactly(monkeypatch):
+    """Pairs of one batch stop at different inner iterations, also inside an unrolled call
+    (unroll 7 does not divide the 30 inner iterations): the compiled batch gives each pair's
+    eager flow alone."""
+    motions = [np.float64([[1, 0, 0.4], [0, 1, 0.2]]),
+               cv2.getRotationMatrix2D((40, 32), 3.0, 1.0),
+               np.float64([[1, 0, -2.5], [0, 1, 1.7]])]
+    prevs, nxts = [], []
+    for i, m in enumerate(motions):
+        img = texture(64, 80, seed=10 + i)
+        prevs.append(img)
+        nxts.append(affine_pair(img, m)[0])
+    p = preset("opencv").with_(nscales=3, warps=3, outer_iterations=4, epsilon=0.02)
+    alone = [tvl1_flow(torch.from_numpy(a)[None], torch.from_numpy(b)[None], p)[0]
+             for a, b in zip(prevs, nxts)]
+    counts = []
+    real_inner = tvl1_torch._inner_compiled
+
+    def recording(*args):
+        out = real_inner(*args)
+        counts.append(int(out[3].sum()))
+        return out
+
+    monkeypatch.setattr(tvl1_torch, "_inner_compiled", recording)
+    fused = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)), p,
+                      compiled=True, inner_unroll=7)
+    assert any(0 < n < 3 for n in counts)  # part of the batch was frozen
+    for i in range(3):
+        assert float((fused[i] - alone[i]).abs().amax()) <= 1e-3, i
+    with pytest.raises(ValueError, match="inner_unroll"):
+        tvl1_flow(torch.from_numpy(prevs[0])[None], torch.from_numpy(nxts[0])[None], p,
+                  compiled=True, inner_unroll=0)
+
+
+def test_inductor_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert tvl1_torch.inductor_cache_dir() == str(tmp_path)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    path = tvl1_torch.inductor_cache_dir()
+    assert path.endswith(os.path.join(".cache", "actprep", "inductor"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path

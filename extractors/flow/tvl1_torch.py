@@ -20,8 +20,17 @@ duality-based TV-L1 with Wedel et al.'s median filtering):
 - ``gamma != 0`` adds OpenCV's illumination-variation variable ``u3``.
 
 Everything is [B, ...] tensors; there is no per-pair Python loop.
+
+``compiled=True`` runs the inner iterations (``inner_unroll`` per call, per-pair stopping
+inside) and the median filter (a min/max selection network) as ``torch.compile`` kernels with
+fixed shapes per pyramid level; the eager path (``compiled=False``) is the reference. The
+Inductor cache lives in ``TORCHINDUCTOR_CACHE_DIR`` (default ``~/.cache/actprep/inductor``)
+so later processes reuse the compiled kernels.
 """
 from __future__ import annotations
+
+import os
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +40,8 @@ from actprep.extractors.flow.params import TVL1Params
 MIN_LEVEL_SIZE = 16  # OpenCV stops adding pyramid levels below 16 px (either side)
 _FLT_EPSILON = 1.1920928955078125e-07  # numeric_limits<float>::epsilon()
 _PYRDOWN_TAPS = (1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16)
+DEFAULT_INNER_UNROLL = 5  # inner iterations per compiled call
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "actprep", "inductor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +182,51 @@ def _median_blur(u: torch.Tensor, size: int) -> torch.Tensor:
     return win.reshape(b, c, h, w, size * size).median(dim=-1).values
 
 
+# Compare-exchange networks; (a, b) puts the min on wire a and the max on wire b. _COLUMN_SORT
+# sorts one window column (wire = row); _MEDIAN_NET then takes the median of a window whose
+# columns are sorted (wire = column * size + rank in the column) to wire size * size // 2.
+# The 5x5 one is Batcher's odd-even merge sort pruned to what that wire needs given sorted
+# columns; the 3x3 one is max of minima, median of medians, min of maxima, then their median.
+# tests/test_flow_torch.py checks both on every 0/1 input (the 0-1 principle).
+_COLUMN_SORT: dict[int, tuple[tuple[int, int], ...]] = {
+    3: ((0, 1), (1, 2), (0, 1)),
+    5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2)),
+}
+_MEDIAN_NET: dict[int, tuple[tuple[int, int], ...]] = {
+    3: ((0, 3), (3, 6), (5, 8), (2, 5), (1, 4), (4, 7), (1, 4), (4, 6), (2, 4), (4, 6)),
+    5: ((4, 5), (14, 15), (5, 7), (8, 10), (9, 11), (12, 14), (5, 6), (9, 10), (13, 14), (0, 4),
+        (1, 5), (2, 6), (8, 12), (10, 14), (11, 15), (16, 20), (17, 21), (18, 22), (19, 23),
+        (2, 4), (3, 5), (10, 12), (11, 13), (18, 20), (19, 21), (1, 2), (3, 4), (5, 6), (9, 10),
+        (11, 12), (13, 14), (17, 18), (19, 20), (21, 22), (0, 8), (1, 9), (2, 10), (3, 11),
+        (4, 12), (5, 13), (6, 14), (7, 15), (4, 8), (5, 9), (6, 10), (7, 11), (20, 24), (2, 4),
+        (3, 5), (6, 8), (7, 9), (10, 12), (11, 13), (22, 24), (1, 2), (3, 4), (5, 6), (7, 8),
+        (9, 10), (11, 12), (13, 14), (21, 22), (23, 24), (0, 16), (1, 17), (2, 18), (3, 19),
+        (4, 20), (5, 21), (6, 22), (7, 23), (8, 24), (8, 16), (9, 17), (10, 18), (11, 19),
+        (12, 20), (13, 21), (6, 10), (7, 11), (12, 16), (13, 17), (10, 12), (11, 13), (11, 12)),
+}
+
+
+def _exchange(wires: list[torch.Tensor], network: tuple[tuple[int, int], ...]
+              ) -> list[torch.Tensor]:
+    """Runs a compare-exchange network (min/max only) over a list of same-shape tensors."""
+    wires = list(wires)
+    for a, b in network:
+        wires[a], wires[b] = torch.minimum(wires[a], wires[b]), torch.maximum(wires[a], wires[b])
+    return wires
+
+
+def _median_network(u: torch.Tensor, size: int) -> torch.Tensor:
+    """Same as ``_median_blur`` (size 3 or 5) with min/max only, so it compiles to one fused
+    kernel: window columns are sorted once per padded column, then the median network runs
+    on the size * size shifted views. Unused min/max outputs are left to the compiler."""
+    r = size // 2
+    b, c, h, w = u.shape
+    p = F.pad(u.reshape(b * c, 1, h, w), (r, r, r, r), mode="replicate")[:, 0]
+    rows = _exchange([p[:, k:k + h, :] for k in range(size)], _COLUMN_SORT[size])
+    wires = [rows[k][:, :, col:col + w] for col in range(size) for k in range(size)]
+    return _exchange(wires, _MEDIAN_NET[size])[size * size // 2].reshape(b, c, h, w)
+
+
 # ---------------------------------------------------------------------------------------------
 # the solver
 
@@ -185,18 +241,37 @@ def _tvl1_step(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, warp_terms: 
     """One inner iteration for the whole batch: thresholding (estimateV), divergence, primal
     update (estimateU), forward gradients, dual update. Returns (u, px, py, error [B])."""
     gvec, grad, rho_c = warp_terms
-    l_t = params.lambda_ * params.theta
-    taut = params.tau / params.theta
+    l_t, taut, theta = _step_constants(params)
+    return _step_core(u, px, py, gvec, grad, rho_c, l_t, taut, theta)
+
+
+def _step_constants(params: TVL1Params) -> tuple[float, float, float]:
+    """(lambda * theta, tau / theta, theta): the scalars of an inner iteration."""
+    return params.lambda_ * params.theta, params.tau / params.theta, params.theta
+
+
+def _sqrt_rounded(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 square root, so eager and compiled iterations agree bit for
+    bit: Inductor's kernels round it exactly, ATen's vectorised CPU one can be 1 ulp off."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        return torch.sqrt(x)
+    return torch.sqrt(x.double()).float()
+
+
+def _step_core(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
+               grad: torch.Tensor, rho_c: torch.Tensor, l_t: float, taut: float, theta: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The body of ``_tvl1_step`` on plain tensors and floats (what ``torch.compile`` traces)."""
     rho = rho_c + (gvec * u).sum(1)
     thr = l_t * grad
     fi = -rho / grad.clamp_min(_FLT_EPSILON)
     coef = torch.where(rho < -thr, l_t, torch.where(
         rho > thr, -l_t, torch.where(grad > _FLT_EPSILON, fi, 0.0)))
     v = u + coef[:, None] * gvec
-    u_new = v + params.theta * _divergence(px, py)
+    u_new = v + theta * _divergence(px, py)
     error = (u_new - u).square().sum((1, 2, 3))
     ux, uy = _forward_gradient(u_new)
-    ng = 1.0 + taut * torch.sqrt(ux * ux + uy * uy)
+    ng = 1.0 + taut * _sqrt_rounded(ux * ux + uy * uy)
     px_new = (px + taut * ux) / ng
     py_new = (py + taut * uy) / ng
     return u_new, px_new, py_new, error
@@ -216,14 +291,16 @@ def _warp_terms(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
     return torch.stack(comps, 1), grad, rho_c
 
 
-def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor,
-                 params: TVL1Params, sync_every: int) -> torch.Tensor:
+def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1Params,
+                 sync_every: int, unroll: int | None = None) -> torch.Tensor:
     """TV-L1 at one pyramid level starting from u [B, C, H, W] (C = 2, or 3 with gamma).
 
-    The host learns which pairs are still iterating every ``sync_every`` inner iterations:
-    with 1 (the CPU, where reading it is free) all-active batches skip the masking and the
-    loop stops as soon as every pair has; above 1 (CUDA) the queue of kernels is not drained
-    every iteration and the masks alone freeze stopped pairs. The flows are the same."""
+    ``unroll`` None: eager. The host learns which pairs are still iterating every
+    ``sync_every`` inner iterations: with 1 (the CPU, where reading it is free) all-active
+    batches skip the masking and the loop stops as soon as every pair has; above 1 (CUDA) the
+    queue of kernels is not drained every iteration and the masks alone freeze stopped pairs.
+    ``unroll`` k: compiled kernels, k inner iterations per call, read back after each call.
+    The flows are the same."""
     b, h, w = i0.shape
     scaled_eps = params.epsilon * params.epsilon * h * w
     i1x, i1y = _centered_gradient(i1)
@@ -237,26 +314,116 @@ def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor,
             if not bool(active.any()):
                 break
             if params.median_filtering > 1:
-                med = _median_blur(u[:, :2], params.median_filtering)
-                u = torch.cat((_where_active(active, med, u[:, :2]), u[:, 2:]), 1)
-            for it in range(params.inner_iterations):
-                all_active = False
-                if sync_every == 1:
-                    n_active = int(active.sum())  # host sync
-                    if n_active == 0:
-                        break
-                    all_active = n_active == b
-                elif it and it % sync_every == 0 and not bool(active.any()):
-                    break
-                u_new, px_new, py_new, error = _tvl1_step(u, px, py, terms, params)
-                if all_active:
-                    u, px, py = u_new, px_new, py_new
-                else:
-                    u = _where_active(active, u_new, u)
-                    px = _where_active(active, px_new, px)
-                    py = _where_active(active, py_new, py)
-                active = active & (error > scaled_eps)
+                u = _filter_active(u, active, params.median_filtering, unroll is not None)
+            if unroll is None:
+                u, px, py, active = _inner_eager(u, px, py, terms, active, scaled_eps, params,
+                                                 sync_every)
+            else:
+                u, px, py, active = _inner_compiled(u, px, py, terms, active, scaled_eps, params,
+                                                    unroll)
     return u
+
+
+def _filter_active(u: torch.Tensor, active: torch.Tensor, size: int,
+                   compiled: bool) -> torch.Tensor:
+    """Median filter of the displacement channels of the active pairs (Wedel et al.)."""
+    if compiled and size in _MEDIAN_NET:
+        return _compiled(_median_active)(u, active, size)
+    return _median_active(u, active, size, _median_blur)
+
+
+def _median_active(u: torch.Tensor, active: torch.Tensor, size: int,
+                   median: Callable[[torch.Tensor, int], torch.Tensor] = _median_network
+                   ) -> torch.Tensor:
+    """u with channels 0-1 median-filtered where ``active`` is set."""
+    med = median(u[:, :2], size)
+    return torch.cat((_where_active(active, med, u[:, :2]), u[:, 2:]), 1)
+
+
+def _inner_eager(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tuple,
+                 active: torch.Tensor, scaled_eps: float, params: TVL1Params, sync_every: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One outer iteration's inner loop, op by op (the reference)."""
+    b = u.shape[0]
+    for it in range(params.inner_iterations):
+        all_active = False
+        if sync_every == 1:
+            n_active = int(active.sum())  # host sync
+            if n_active == 0:
+                break
+            all_active = n_active == b
+        elif it and it % sync_every == 0 and not bool(active.any()):
+            break
+        u_new, px_new, py_new, error = _tvl1_step(u, px, py, terms, params)
+        if all_active:
+            u, px, py = u_new, px_new, py_new
+        else:
+            u = _where_active(active, u_new, u)
+            px = _where_active(active, px_new, px)
+            py = _where_active(active, py_new, py)
+        active = active & (error > scaled_eps)
+    return u, px, py, active
+
+
+def _inner_compiled(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tuple,
+                    active: torch.Tensor, scaled_eps: float, params: TVL1Params, unroll: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One outer iteration's inner loop as compiled calls of ``unroll`` iterations each;
+    stops between calls once no pair is active."""
+    fn = _compiled(_inner_steps)
+    consts = _step_constants(params)
+    done = 0
+    while done < params.inner_iterations:
+        steps = min(unroll, params.inner_iterations - done)
+        u, px, py, active = fn(u, px, py, *terms, active, scaled_eps, steps, *consts)
+        done += steps
+        if not bool(active.any()):
+            break
+    return u, px, py, active
+
+
+def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
+                 grad: torch.Tensor, rho_c: torch.Tensor, active: torch.Tensor,
+                 scaled_eps: float, steps: int, l_t: float, taut: float, theta: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``steps`` inner iterations, each pair frozen from the iteration where its update
+    falls to ``scaled_eps`` (what ``torch.compile`` traces: one graph per shape and steps)."""
+    for _ in range(steps):
+        u_new, px_new, py_new, error = _step_core(u, px, py, gvec, grad, rho_c, l_t, taut, theta)
+        u = _where_active(active, u_new, u)
+        px = _where_active(active, px_new, px)
+        py = _where_active(active, py_new, py)
+        active = active & (error > scaled_eps)
+    return u, px, py, active
+
+
+# ---------------------------------------------------------------------------------------------
+# compilation
+
+
+_COMPILED: dict[Callable, Callable] = {}
+_RECOMPILE_LIMIT = 64  # shapes per function: pyramid levels x batch sizes x unroll remainders
+
+
+def inductor_cache_dir() -> str:
+    """The Inductor cache folder: ``TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``~/.cache/actprep/inductor`` (exported so Inductor and its workers use it)."""
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.expanduser(DEFAULT_CACHE_DIR)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` with static shapes, made once per function; the first call sets
+    the persistent cache folder and lets one function hold a graph per pyramid level."""
+    if fn not in _COMPILED:
+        inductor_cache_dir()
+        import torch._dynamo
+
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, _RECOMPILE_LIMIT)
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
 
 
 def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
@@ -267,18 +434,24 @@ def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> 
 
 
 def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
-              params: TVL1Params = TVL1Params(), sync_every: int | None = None) -> torch.Tensor:
+              params: TVL1Params = TVL1Params(), sync_every: int | None = None,
+              compiled: bool = False, inner_unroll: int = DEFAULT_INNER_UNROLL) -> torch.Tensor:
     """Dual TV-L1 optical flow of a batch of gray image pairs.
 
     prev, nxt: [B, H, W] real tensors (values 0..255) on any device. Returns float32 flows
     [B, 2, H, W] on that device with prev(x, y) ~ nxt(x + u, y + v). ``sync_every``: how
-    often the stopping state is read back on the host (default 1 on the CPU, 10 elsewhere);
-    it changes the speed, not the result."""
+    often the eager path reads the stopping state back on the host (default 1 on the CPU, 10
+    elsewhere). ``compiled``: inner iterations and median filter as ``torch.compile`` kernels,
+    ``inner_unroll`` iterations per call (the first call per shape compiles). Both change the
+    speed, not the result (compiled: equal to rounding)."""
     _check_inputs(prev, nxt)
     if sync_every is None:
         sync_every = 1 if prev.device.type == "cpu" else 10
     if sync_every < 1:
         raise ValueError(f"sync_every must be at least 1, got {sync_every}")
+    if inner_unroll < 1:
+        raise ValueError(f"inner_unroll must be at least 1, got {inner_unroll}")
+    unroll = inner_unroll if compiled else None
     with torch.no_grad():
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
@@ -287,10 +460,10 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
         h, w = i0s[-1].shape[-2:]
         u = torch.zeros((b, channels, h, w), dtype=torch.float32, device=prev.device)
         for level in range(len(i0s) - 1, -1, -1):
-            u = _solve_level(i0s[level], i1s[level], u, params, sync_every)
+            u = _solve_level(i0s[level], i1s[level], u, params, sync_every, unroll)
             if level > 0:
                 u = _upscale_flow(u, tuple(i0s[level - 1].shape[-2:]), params.scale_step)
         return u[:, :2].contiguous()
 
 
-__all__ = ["tvl1_flow"]
+__all__ = ["tvl1_flow", "inductor_cache_dir"]
