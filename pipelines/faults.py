@@ -7,6 +7,7 @@ actprep), recorded with its traceback and retried by the next run.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
@@ -16,6 +17,7 @@ from typing import Callable, TypeVar
 from actprep.extractors.ffmpeg_bin import FfmpegError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # errno -> what to tell the user; all are faults of the machine, not of a video
 CAUSES = {
@@ -100,16 +102,9 @@ def with_retries(work: Callable[[], T], what: str,
                 raise
             if delay is None or not fault.transient:
                 raise fault from exc
-            _log_retry(what, fault, delay)
+            log.warning("%s: %s; trying again in %.0f s", what, fault.message, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def _log_retry(what: str, fault: EnvironmentFault, delay: float) -> None:
-    import logging
-
-    logging.getLogger(__name__).warning("%s: %s; trying again in %.0f s", what, fault.message,
-                                        delay)
 
 
 def find_fault(exc: BaseException) -> str | None:

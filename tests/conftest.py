@@ -30,6 +30,18 @@ def require_shared_data(path: str) -> str:
     return path
 
 
+def shards_and_index(out) -> dict[str, bytes]:
+    """The shard tars and index files of an output, by relative path: what two runs that
+    must agree byte for byte are compared on."""
+    files = {}
+    for dirpath, _, names in os.walk(out):
+        for name in names:
+            if name.endswith((".tar", ".parquet")):
+                path = os.path.join(dirpath, name)
+                files[os.path.relpath(path, out)] = open(path, "rb").read()
+    return files
+
+
 @dataclass(frozen=True)
 class Clip:
     """One manifest row of the Kinetics fixture and what the job should make of it."""

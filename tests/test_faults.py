@@ -13,7 +13,7 @@ import pytest
 
 from actprep.pipelines import exitcodes, faults
 from actprep.pipelines.synth import make_garbage, make_video
-from conftest import LOCAL_BEAM
+from conftest import LOCAL_BEAM, shards_and_index
 
 CLIPS = 6  # 5 videos and a garbage file (a media failure), 3 per shard
 
@@ -40,17 +40,6 @@ def _args(media, out, *extra) -> list:
             "2", *LOCAL_BEAM, *extra]
 
 
-def _outputs(out) -> dict[str, bytes]:
-    """The shards and index files of a finished output, by relative path."""
-    files = {}
-    for dirpath, _, names in os.walk(out):
-        for name in names:
-            if name.endswith((".tar", ".parquet")):
-                path = os.path.join(dirpath, name)
-                files[os.path.relpath(path, out)] = open(path, "rb").read()
-    return files
-
-
 @pytest.fixture(scope="module")
 def reference(media, tmp_path_factory):
     """An uninterrupted run's shards and index."""
@@ -58,7 +47,7 @@ def reference(media, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("fault_ref") / "out"
     assert main([str(a) for a in _args(media, out)]) == 0
-    return _outputs(out)
+    return shards_and_index(out)
 
 
 @pytest.fixture
@@ -112,7 +101,7 @@ def test_a_full_disk_stops_the_run_and_a_rerun_gives_the_same_bytes(
     code = run_cli(_args(media, out))
     err = capsys.readouterr().err
     assert code == exitcodes.OK, err
-    assert _outputs(out) == reference
+    assert shards_and_index(out) == reference
 
 
 def test_a_read_only_output_is_one_line(run_cli, media, tmpfs, capsys):
@@ -143,7 +132,7 @@ def test_a_transient_fault_is_retried_and_changes_nothing(run_cli, media, refere
     out = tmp_path / "out"
     assert run_cli(_args(media, out)) == exitcodes.OK
     assert "input/output error" in caplog.text and "trying again" in caplog.text
-    assert _outputs(out) == reference
+    assert shards_and_index(out) == reference
 
 
 def test_a_bug_is_recorded_exits_4_and_a_plain_rerun_retries_it(run_cli, media, reference,

@@ -143,6 +143,21 @@ def test_quality_preset_accuracy_middlebury_subset():
 # 4. batch consistency
 
 
+def _uneven_batch() -> tuple[list[np.ndarray], list[np.ndarray], TVL1Params]:
+    """Three pairs (shift, rotation, larger shift) whose iterations stop at different
+    points, and the few-iteration parameters that make them do so."""
+    motions = [np.float64([[1, 0, 0.4], [0, 1, 0.2]]),
+               cv2.getRotationMatrix2D((40, 32), 3.0, 1.0),
+               np.float64([[1, 0, -2.5], [0, 1, 1.7]])]
+    prevs, nxts = [], []
+    for i, m in enumerate(motions):
+        img = texture(64, 80, seed=10 + i)
+        prevs.append(img)
+        nxts.append(affine_pair(img, m)[0])
+    return prevs, nxts, preset("opencv").with_(nscales=3, warps=3, outer_iterations=4,
+                                              epsilon=0.02)
+
+
 def test_batch_equals_pairs_alone(monkeypatch):
     """Pairs that stop early (epsilon reached) are frozen while the others go on."""
     from actprep.extractors.flow import tvl1_torch
@@ -155,15 +170,7 @@ def test_batch_equals_pairs_alone(monkeypatch):
         return real_where(active, new, old)
 
     monkeypatch.setattr(tvl1_torch, "_where_active", counting_where)
-    motions = [np.float64([[1, 0, 0.4], [0, 1, 0.2]]),
-               cv2.getRotationMatrix2D((40, 32), 3.0, 1.0),
-               np.float64([[1, 0, -2.5], [0, 1, 1.7]])]
-    prevs, nxts = [], []
-    for i, m in enumerate(motions):
-        img = texture(64, 80, seed=10 + i)
-        prevs.append(img)
-        nxts.append(affine_pair(img, m)[0])
-    p = preset("opencv").with_(nscales=3, warps=3, outer_iterations=4, epsilon=0.02)
+    prevs, nxts, p = _uneven_batch()
     batch = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)), p)
     assert batch.shape == (3, 2, 64, 80) and batch.dtype == torch.float32
     # some steps ran with part of the batch frozen
@@ -301,15 +308,7 @@ def test_compiled_batch_stops_each_pair_exactly(monkeypatch):
     """Pairs of one batch stop at different inner iterations, also inside an unrolled call
     (unroll 7 does not divide the 30 inner iterations): the compiled batch gives each pair's
     eager flow alone."""
-    motions = [np.float64([[1, 0, 0.4], [0, 1, 0.2]]),
-               cv2.getRotationMatrix2D((40, 32), 3.0, 1.0),
-               np.float64([[1, 0, -2.5], [0, 1, 1.7]])]
-    prevs, nxts = [], []
-    for i, m in enumerate(motions):
-        img = texture(64, 80, seed=10 + i)
-        prevs.append(img)
-        nxts.append(affine_pair(img, m)[0])
-    p = preset("opencv").with_(nscales=3, warps=3, outer_iterations=4, epsilon=0.02)
+    prevs, nxts, p = _uneven_batch()
     alone = [tvl1_flow(torch.from_numpy(a)[None], torch.from_numpy(b)[None], p)[0]
              for a, b in zip(prevs, nxts)]
     counts = []

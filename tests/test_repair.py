@@ -13,7 +13,7 @@ import pytest
 
 from actprep.pipelines import exitcodes
 from actprep.pipelines.synth import make_garbage, make_video
-from conftest import LOCAL_BEAM
+from conftest import LOCAL_BEAM, shards_and_index
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +34,13 @@ def _args(manifest, out, *extra) -> list:
             *extra]
 
 
-def _files(out) -> dict[str, bytes]:
-    found = {}
-    for dirpath, _, names in os.walk(out):
-        for name in names:
-            if name.endswith((".tar", ".parquet")):
-                path = os.path.join(dirpath, name)
-                found[os.path.relpath(path, out)] = open(path, "rb").read()
-    return found
-
-
 @pytest.fixture(scope="module")
 def clean(media, tmp_path_factory):
     from actprep.pipelines.cli import main
 
     out = tmp_path_factory.mktemp("repair_clean") / "out"
     assert main([str(a) for a in _args(media / "list.csv", out)]) == 0
-    return _files(out)
+    return shards_and_index(out)
 
 
 def _damage(out) -> None:
@@ -72,7 +62,7 @@ def test_damaged_shards_are_redone_to_a_clean_runs_bytes(run_cli, media, clean, 
     assert "shard-000000 is damaged (its index is missing): redoing it" in err, err
     assert "shard-000001 is damaged (its index is not a readable Parquet file" in err
     assert "shard-000002 is damaged (its tar is " in err and "when it was committed" in err
-    assert _files(out) == clean
+    assert shards_and_index(out) == clean
 
 
 def test_stats_and_verify_name_a_damaged_output_without_traceback(run_cli, media, tmp_path,
