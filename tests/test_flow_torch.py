@@ -277,8 +277,10 @@ def test_median_networks_on_all_zero_one_inputs(size):
 
 @pytest.mark.parametrize("size", [3, 5])
 def test_median_network_equals_torch_median(size):
-    """Exactly torch.median (the lower median; 9 and 25 are odd) with replicated borders,
-    eager and compiled, on floats with many ties, infinities and signed zeros."""
+    """Exactly torch.median (the lower median; 9 and 25 are odd) with replicated borders:
+    the eager network, OpenCV's medianBlur (the compiled path on the CPU) and the compiled
+    network (the compiled path on CUDA), on floats with many ties, infinities and signed
+    zeros."""
     g = torch.Generator().manual_seed(size)
     u = torch.randn(3, 2, 23, 31, generator=g) * 3
     u[0] = u[0].round()  # ties
@@ -288,8 +290,11 @@ def test_median_network_equals_torch_median(size):
     ref = tvl1_torch._median_blur(u, size)
     assert torch.equal(tvl1_torch._median_network(u, size), ref)
     active = torch.tensor([True, True, False])
-    fused = tvl1_torch._compiled(tvl1_torch._median_active)(u, active, size)
-    assert torch.equal(fused[:2], ref[:2]) and torch.equal(fused[2], u[2])
+    on_cpu = tvl1_torch._filter_active(u, active, size, tvl1_torch.Fused())  # OpenCV's
+    padded = tvl1_torch._replicate_pad(u[:, :2], size // 2)
+    network = tvl1_torch._compiled(tvl1_torch._MEDIAN_ACTIVE[size])(padded, u, active)  # CUDA's
+    for fused in (on_cpu, network):
+        assert torch.equal(fused[:2], ref[:2]) and torch.equal(fused[2], u[2])
 
 
 @needs_middlebury

@@ -22,16 +22,20 @@ duality-based TV-L1 with Wedel et al.'s median filtering):
 Everything is [B, ...] tensors; there is no per-pair Python loop.
 
 ``compiled=True`` runs the inner iterations (``inner_unroll`` per call, per-pair stopping
-inside) and the median filter (a min/max selection network) as ``torch.compile`` kernels with
-fixed shapes per pyramid level; the eager path (``compiled=False``) is the reference. The
-Inductor cache lives in ``TORCHINDUCTOR_CACHE_DIR`` (default ``~/.cache/actprep/inductor``)
-so later processes reuse the compiled kernels.
+inside) as ``torch.compile`` kernels (C++ on the CPU, Triton on CUDA, optionally replayed as
+CUDA graphs), symbolic in height and width so that one graph serves every level, frame size
+and preset; the median filter is OpenCV's ``medianBlur`` on the CPU and a compiled min/max
+selection network on CUDA; warping and the pyramid stay eager (a few per cent of the time). The eager path (``compiled=False``) is the reference.
+The Inductor cache lives in ``TORCHINDUCTOR_CACHE_DIR`` (default
+``~/.cache/actprep/inductor``) so later processes reuse the compiled kernels.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -215,16 +219,38 @@ def _exchange(wires: list[torch.Tensor], network: tuple[tuple[int, int], ...]
     return wires
 
 
-def _median_network(u: torch.Tensor, size: int) -> torch.Tensor:
-    """Same as ``_median_blur`` (size 3 or 5) with min/max only, so it compiles to one fused
-    kernel: window columns are sorted once per padded column, then the median network runs
-    on the size * size shifted views. Unused min/max outputs are left to the compiler."""
+def _replicate_pad(u: torch.Tensor, r: int) -> torch.Tensor:
+    """[B, C, H, W] with r replicated pixels on every side."""
+    return F.pad(u, (r, r, r, r), mode="replicate")
+
+
+def _median_of_padded(p: torch.Tensor, size: int) -> torch.Tensor:
+    """Median of every size x size window (3 or 5) of a replicate-padded [..., H+2r, W+2r]
+    tensor, with min/max only so that it compiles to one vectorised kernel: window columns
+    are sorted once per padded column, then the median network runs on the size * size
+    shifted views. Unused min/max outputs are left to the compiler. The padding stays
+    outside: done in here, its clamped indices keep Inductor's loops scalar."""
     r = size // 2
-    b, c, h, w = u.shape
-    p = F.pad(u.reshape(b * c, 1, h, w), (r, r, r, r), mode="replicate")[:, 0]
-    rows = _exchange([p[:, k:k + h, :] for k in range(size)], _COLUMN_SORT[size])
-    wires = [rows[k][:, :, col:col + w] for col in range(size) for k in range(size)]
-    return _exchange(wires, _MEDIAN_NET[size])[size * size // 2].reshape(b, c, h, w)
+    h, w = p.shape[-2] - 2 * r, p.shape[-1] - 2 * r
+    rows = _exchange([p[..., k:k + h, :] for k in range(size)], _COLUMN_SORT[size])
+    wires = [rows[k][..., col:col + w] for col in range(size) for k in range(size)]
+    return _exchange(wires, _MEDIAN_NET[size])[size * size // 2]
+
+
+def _median_opencv(u: torch.Tensor, size: int) -> torch.Tensor:
+    """Same as ``_median_blur`` (size 3 or 5, CPU tensors) by OpenCV's ``medianBlur``, a
+    vectorised selection per plane that needs no compiling (and, on the CPU, is faster than
+    what Inductor makes of the selection network)."""
+    import cv2
+
+    planes = u.contiguous().numpy()
+    out = [[cv2.medianBlur(plane, size) for plane in pair] for pair in planes]
+    return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def _median_network(u: torch.Tensor, size: int) -> torch.Tensor:
+    """Same as ``_median_blur`` (size 3 or 5), by the selection network."""
+    return _median_of_padded(_replicate_pad(u, size // 2), size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +285,11 @@ def _sqrt_rounded(x: torch.Tensor) -> torch.Tensor:
 
 
 def _step_core(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
-               grad: torch.Tensor, rho_c: torch.Tensor, l_t: float, taut: float, theta: float
+               grad: torch.Tensor, rho_c: torch.Tensor, l_t: float | torch.Tensor,
+               taut: float | torch.Tensor, theta: float | torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The body of ``_tvl1_step`` on plain tensors and floats (what ``torch.compile`` traces)."""
+    """The body of ``_tvl1_step`` on tensors and scalars (Python floats eager, float32
+    tensors compiled: the same values)."""
     rho = rho_c + (gvec * u).sum(1)
     thr = l_t * grad
     fi = -rho / grad.clamp_min(_FLT_EPSILON)
@@ -291,15 +319,38 @@ def _warp_terms(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
     return torch.stack(comps, 1), grad, rho_c
 
 
+@dataclass(frozen=True)
+class Fused:
+    """How the compiled path runs: ``unroll`` inner iterations per compiled call, and with
+    ``cuda_graphs`` each call replays a CUDA graph (``mode="reduce-overhead"``) instead of
+    launching its kernels one by one."""
+
+    unroll: int = DEFAULT_INNER_UNROLL
+    cuda_graphs: bool = False
+
+    def fn(self, fn: Callable) -> Callable:
+        """The compiled ``fn``; with CUDA graphs, the next call starts a new graph step."""
+        compiled = _compiled(fn, self.cuda_graphs)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return compiled
+
+    def kept(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Outputs kept beyond the next call: copied out of the graphs' memory pool, which
+        later replays write over."""
+        return tuple(t.clone() for t in tensors) if self.cuda_graphs else tensors
+
+
 def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1Params,
-                 sync_every: int, unroll: int | None = None) -> torch.Tensor:
+                 sync_every: int, fused: Fused | None = None) -> torch.Tensor:
     """TV-L1 at one pyramid level starting from u [B, C, H, W] (C = 2, or 3 with gamma).
 
-    ``unroll`` None: eager. The host learns which pairs are still iterating every
+    ``fused`` None: eager. The host learns which pairs are still iterating every
     ``sync_every`` inner iterations: with 1 (the CPU, where reading it is free) all-active
     batches skip the masking and the loop stops as soon as every pair has; above 1 (CUDA) the
     queue of kernels is not drained every iteration and the masks alone freeze stopped pairs.
-    ``unroll`` k: compiled kernels, k inner iterations per call, read back after each call.
+    ``fused``: compiled kernels, ``fused.unroll`` inner iterations per call, read back after
+    each call.
     The flows are the same."""
     b, h, w = i0.shape
     scaled_eps = params.epsilon * params.epsilon * h * w
@@ -314,22 +365,49 @@ def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TV
             if not bool(active.any()):
                 break
             if params.median_filtering > 1:
-                u = _filter_active(u, active, params.median_filtering, unroll is not None)
-            if unroll is None:
+                u = _filter_active(u, active, params.median_filtering, fused)
+            if fused is None:
                 u, px, py, active = _inner_eager(u, px, py, terms, active, scaled_eps, params,
                                                  sync_every)
             else:
                 u, px, py, active = _inner_compiled(u, px, py, terms, active, scaled_eps, params,
-                                                    unroll)
+                                                    fused)
     return u
 
 
 def _filter_active(u: torch.Tensor, active: torch.Tensor, size: int,
-                   compiled: bool) -> torch.Tensor:
+                   fused: Fused | None) -> torch.Tensor:
     """Median filter of the displacement channels of the active pairs (Wedel et al.)."""
-    if compiled and size in _MEDIAN_NET:
-        return _compiled(_median_active)(u, active, size)
+    if fused is not None and size in _MEDIAN_NET and u.device.type == "cpu":
+        return _median_active(u, active, size, _median_opencv)
+    if fused is not None and size in _MEDIAN_NET:
+        padded = _replicate_pad(u[:, :2], size // 2)
+        _dynamic_hw(padded, u)
+        return fused.kept(fused.fn(_MEDIAN_ACTIVE[size])(padded, u, active))[0]
     return _median_active(u, active, size, _median_blur)
+
+
+def _median_padded_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor,
+                          size: int) -> torch.Tensor:
+    """u with channels 0-1 replaced by the median of ``padded`` (them, padded) where
+    ``active`` is set (what ``torch.compile`` traces)."""
+    med = _median_of_padded(padded, size)
+    return torch.cat((_where_active(active, med, u[:, :2]), u[:, 2:]), 1)
+
+
+def _median3_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor
+                    ) -> torch.Tensor:
+    return _median_padded_active(padded, u, active, 3)
+
+
+def _median5_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor
+                    ) -> torch.Tensor:
+    return _median_padded_active(padded, u, active, 5)
+
+
+# one function (so one compiled graph family) per size: an int that changes between calls of
+# one compiled function would be made symbolic by dynamo
+_MEDIAN_ACTIVE = {3: _median3_active, 5: _median5_active}
 
 
 def _median_active(u: torch.Tensor, active: torch.Tensor, size: int,
@@ -366,34 +444,42 @@ def _inner_eager(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tup
 
 
 def _inner_compiled(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tuple,
-                    active: torch.Tensor, scaled_eps: float, params: TVL1Params, unroll: int
+                    active: torch.Tensor, scaled_eps: float, params: TVL1Params, fused: Fused
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One outer iteration's inner loop as compiled calls of ``unroll`` iterations each;
-    stops between calls once no pair is active."""
-    fn = _compiled(_inner_steps)
-    consts = _step_constants(params)
-    done = 0
-    while done < params.inner_iterations:
-        steps = min(unroll, params.inner_iterations - done)
-        u, px, py, active = fn(u, px, py, *terms, active, scaled_eps, steps, *consts)
-        done += steps
+    """One outer iteration's inner loop as compiled calls of ``fused.unroll`` iterations
+    each (the last one masked past ``inner_iterations``); stops between calls once no pair
+    is active. The scalars go in as float32 tensors, rounded as the eager path rounds them:
+    as Python floats they would be constants of the graph, and a preset or a level with other
+    values would compile another one (or, once dynamo sees them change, a graph with
+    symbolic floats, whose results differ)."""
+    scalars = torch.tensor((scaled_eps, *_step_constants(params)), dtype=torch.float32,
+                           device=u.device).unbind()
+    _dynamic_hw(u, px, py, *terms)
+    for done in range(0, params.inner_iterations, fused.unroll):
+        left = torch.tensor(params.inner_iterations - done, device=u.device)
+        u, px, py, active = fused.fn(_inner_steps)(u, px, py, *terms, active, left, *scalars,
+                                                   steps=fused.unroll)
         if not bool(active.any()):
             break
-    return u, px, py, active
+    return fused.kept(u, px, py, active)
 
 
 def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
                  grad: torch.Tensor, rho_c: torch.Tensor, active: torch.Tensor,
-                 scaled_eps: float, steps: int, l_t: float, taut: float, theta: float
+                 left: torch.Tensor, scaled_eps: torch.Tensor, l_t: torch.Tensor,
+                 taut: torch.Tensor, theta: torch.Tensor, steps: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``steps`` inner iterations, each pair frozen from the iteration where its update
-    falls to ``scaled_eps`` (what ``torch.compile`` traces: one graph per shape and steps)."""
-    for _ in range(steps):
+    """``steps`` inner iterations of which the first ``left`` count, each pair frozen from
+    the iteration where its update falls to ``scaled_eps`` (what ``torch.compile`` traces:
+    one graph for every level, size and preset)."""
+    for k in range(steps):
         u_new, px_new, py_new, error = _step_core(u, px, py, gvec, grad, rho_c, l_t, taut, theta)
-        u = _where_active(active, u_new, u)
-        px = _where_active(active, px_new, px)
-        py = _where_active(active, py_new, py)
-        active = active & (error > scaled_eps)
+        counts = left > k
+        run = active & counts
+        u = _where_active(run, u_new, u)
+        px = _where_active(run, px_new, px)
+        py = _where_active(run, py_new, py)
+        active = torch.where(counts, active & (error > scaled_eps), active)
     return u, px, py, active
 
 
@@ -401,8 +487,8 @@ def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torc
 # compilation
 
 
-_COMPILED: dict[Callable, Callable] = {}
-_RECOMPILE_LIMIT = 64  # shapes per function: pyramid levels x batch sizes x unroll remainders
+_COMPILED: dict[tuple[Callable, bool], Callable] = {}
+_RECOMPILE_LIMIT = 16  # graphs per function: batch sizes x small/large levels
 
 
 def inductor_cache_dir() -> str:
@@ -413,17 +499,31 @@ def inductor_cache_dir() -> str:
     return path
 
 
-def _compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` with static shapes, made once per function; the first call sets
-    the persistent cache folder and lets one function hold a graph per pyramid level."""
-    if fn not in _COMPILED:
+def _compiled(fn: Callable, cuda_graphs: bool = False) -> Callable:
+    """``torch.compile(fn)``, made once per function (and CUDA graph use). Height and width
+    are symbolic (see ``_dynamic_hw``), so one graph serves every pyramid level and frame
+    size; the rest is static. The first call sets the persistent cache folder."""
+    key = (fn, cuda_graphs)
+    if key not in _COMPILED:
         inductor_cache_dir()
         import torch._dynamo
 
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, _RECOMPILE_LIMIT)
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
+        _COMPILED[key] = torch.compile(fn, dynamic=None,
+                                       mode="reduce-overhead" if cuda_graphs else None)
+    return _COMPILED[key]
+
+
+def _dynamic_hw(*tensors: torch.Tensor) -> None:
+    """Marks the last two dimensions (height, width) of each tensor symbolic for the next
+    compiled call: frame sizes vary with the videos' aspect ratios, and each pyramid level
+    has its own, so static sizes would compile a graph per level and per size."""
+    import torch._dynamo
+
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, t.ndim - 2)
+        torch._dynamo.maybe_mark_dynamic(t, t.ndim - 1)
 
 
 def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
@@ -435,15 +535,17 @@ def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> 
 
 def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
               params: TVL1Params = TVL1Params(), sync_every: int | None = None,
-              compiled: bool = False, inner_unroll: int = DEFAULT_INNER_UNROLL) -> torch.Tensor:
+              compiled: bool = False, inner_unroll: int = DEFAULT_INNER_UNROLL,
+              cuda_graphs: bool = False) -> torch.Tensor:
     """Dual TV-L1 optical flow of a batch of gray image pairs.
 
     prev, nxt: [B, H, W] real tensors (values 0..255) on any device. Returns float32 flows
     [B, 2, H, W] on that device with prev(x, y) ~ nxt(x + u, y + v). ``sync_every``: how
     often the eager path reads the stopping state back on the host (default 1 on the CPU, 10
     elsewhere). ``compiled``: inner iterations and median filter as ``torch.compile`` kernels,
-    ``inner_unroll`` iterations per call (the first call per shape compiles). Both change the
-    speed, not the result (compiled: equal to rounding)."""
+    ``inner_unroll`` iterations per call (the first call in a process compiles, or loads
+    from the cache); ``cuda_graphs`` (CUDA, compiled): each call replays a CUDA graph. They
+    change the speed, not the result (compiled: equal to rounding)."""
     _check_inputs(prev, nxt)
     if sync_every is None:
         sync_every = 1 if prev.device.type == "cpu" else 10
@@ -451,7 +553,9 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
         raise ValueError(f"sync_every must be at least 1, got {sync_every}")
     if inner_unroll < 1:
         raise ValueError(f"inner_unroll must be at least 1, got {inner_unroll}")
-    unroll = inner_unroll if compiled else None
+    if cuda_graphs and (not compiled or prev.device.type != "cuda"):
+        raise ValueError("cuda_graphs needs compiled=True and tensors on a CUDA device")
+    fused = Fused(inner_unroll, cuda_graphs) if compiled else None
     with torch.no_grad():
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
@@ -460,10 +564,10 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
         h, w = i0s[-1].shape[-2:]
         u = torch.zeros((b, channels, h, w), dtype=torch.float32, device=prev.device)
         for level in range(len(i0s) - 1, -1, -1):
-            u = _solve_level(i0s[level], i1s[level], u, params, sync_every, unroll)
+            u = _solve_level(i0s[level], i1s[level], u, params, sync_every, fused)
             if level > 0:
                 u = _upscale_flow(u, tuple(i0s[level - 1].shape[-2:]), params.scale_step)
         return u[:, :2].contiguous()
 
 
-__all__ = ["tvl1_flow", "inductor_cache_dir"]
+__all__ = ["tvl1_flow", "inductor_cache_dir", "Fused"]
