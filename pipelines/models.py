@@ -151,8 +151,9 @@ def check_models_here(opts: RunOptions) -> list[str]:
     models = load_models(opts)
     lines = []
     if models.flow is not None:
+        compiled = ", compiled" if models.flow.compiled else ""
         lines.append(f"flow: TV-L1 {opts.flow_preset} on {models.flow.backend} "
-                     f"({models.flow.device})")
+                     f"({models.flow.device}{compiled})")
     if models.vggish is not None:
         vggish = models.vggish
         lines.append(f"vggish: {vggish.backend} ({vggish.device}), hop "

@@ -198,8 +198,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             type=_bool if isinstance(value, bool) else type(value),
                             default=value, help=f"MFCC {name} (default {value})")
     parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default="auto",
-                        help="TV-L1 implementation: torch (batched, GPU or CPU) or opencv "
-                        "(CPU); auto: torch on CUDA when available, else opencv")
+                        help="TV-L1 implementation: torch (batched and compiled, GPU or CPU) "
+                        "or opencv (CPU); auto: torch, on CUDA when available, falling back "
+                        "to opencv, with a warning, where torch cannot compile")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where torch flow and VGGish run (auto: cuda when available)")
     parser.add_argument("--flow-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,

@@ -3,6 +3,7 @@ streaming engine, the ``actprep flow`` command and flow in ``actprep run``."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -129,14 +130,14 @@ def test_opencv_backend_refuses_gaussian_pyramid():
 
 def test_resolve_backend_and_device(monkeypatch):
     monkeypatch.setattr(engine_mod, "cuda_available", lambda: False)
-    assert resolve("auto", "auto") == ("opencv", "cpu")
+    assert resolve("auto", "auto") == ("torch", "cpu")
     assert resolve("torch", "auto") == ("torch", "cpu")
     assert resolve("opencv", "cpu") == ("opencv", "cpu")
     with pytest.raises(ValueError, match="no CUDA"):
         resolve("auto", "cuda")
     monkeypatch.setattr(engine_mod, "cuda_available", lambda: True)
     assert resolve("auto", "auto") == ("torch", "cuda")
-    assert resolve("auto", "cpu") == ("opencv", "cpu")
+    assert resolve("auto", "cpu") == ("torch", "cpu")
     with pytest.raises(ValueError, match="CPU only"):
         resolve("opencv", "cuda")
     with pytest.raises(ValueError, match="unknown"):
@@ -177,13 +178,18 @@ def test_engine_opencv_path_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch):
-    """The torch path with a stand-in kernel: one call per batch of <= batch_size pairs,
-    the last partial batch included, results in order."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch, compile):
+    """The torch path with a stand-in kernel, 4 pairs per call (as on a GPU): one call per
+    batch of <= batch_size pairs, the last partial batch included (compiled: padded to the
+    batch size, after a warm-up call), results in order."""
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(engine_mod, "compile_problem", functools.cache(
+        engine_mod.compile_problem.__wrapped__))
     calls = []
 
-    def fake_tvl1(prev, nxt, params):
+    def fake_tvl1(prev, nxt, params, compiled=False):
+        assert compiled == compile
         assert prev.dtype == torch.float32 and prev.shape == nxt.shape and prev.ndim == 3
         calls.append(prev.shape[0])
         d = (nxt.mean(dim=(1, 2)) - prev.mean(dim=(1, 2)))  # per-pair marker
@@ -192,10 +198,12 @@ def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch):
     fake = types.ModuleType("actprep.extractors.flow.tvl1_torch")
     fake.tvl1_flow = fake_tvl1
     monkeypatch.setitem(sys.modules, "actprep.extractors.flow.tvl1_torch", fake)
-    engine = FlowEngine("torch", "cpu", TVL1Params(), batch_size=4)
+    engine = FlowEngine("torch", "cpu", TVL1Params(), batch_size=4, compile=compile,
+                        per_call=4)
+    assert engine.compiled == compile
     frames = [np.full((8, 10, 3), 10 * i, np.uint8) for i in range(10)]
     flows = list(engine.flows(frames))
-    assert calls == [4, 4, 1]
+    assert calls == ([4, 4, 4, 4] if compile else [4, 4, 1])  # compiled: the warm-up first
     assert len(flows) == 9 and flows[0].shape == (8, 10, 2)
     assert [round(float(f[0, 0, 0])) for f in flows] == [10] * 9
 
@@ -203,14 +211,15 @@ def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch):
 @pytest.mark.parametrize("slots", [1, 2])
 def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
     """Four threads, each with its own engine: never more torch batches in flight than the
-    shared semaphore allows, so device memory is bounded whatever the thread count."""
+    shared semaphore allows, so device memory is bounded whatever the thread count; on the
+    CPU, one at a time per process whatever the semaphore (each call uses every core)."""
     import threading
     import time
 
     torch = pytest.importorskip("torch")
     lock, state = threading.Lock(), {"now": 0, "most": 0}
 
-    def fake_tvl1(prev, nxt, params):
+    def fake_tvl1(prev, nxt, params, compiled=False):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
@@ -227,7 +236,8 @@ def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
     counts = []
 
     def work():
-        engine = FlowEngine("torch", "cpu", TVL1Params(), batch_size=2, slots=shared)
+        engine = FlowEngine("torch", "cpu", TVL1Params(), batch_size=2, slots=shared,
+                            compile=False)
         counts.append(len(list(engine.flows(frames))))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -236,7 +246,7 @@ def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
     for t in threads:
         t.join()
     assert counts == [8] * 4
-    assert state["most"] == slots
+    assert state["most"] == 1
 
 
 def test_engine_torch_backend_on_a_translation():
@@ -246,6 +256,57 @@ def test_engine_torch_backend_on_a_translation():
     assert len(flows) == 3
     for step, flow in zip(steps, flows):
         assert np.median(flow[8:-8, 8:-8, 0]) == pytest.approx(step, abs=0.3)
+
+
+def test_compiled_engine_pads_the_last_batch_and_equals_eager():
+    """The compiled engine (the default) with 4 pairs per call, as on a GPU, pads a video's
+    last batch with blank pairs; the flows are bit for bit those of the uncompiled engine,
+    whatever the frame size, and a second frame size compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    steps = [2, 1, 3, 1, 2, 1]  # 6 pairs: a batch of 4, then 2 padded to 4
+    compiled = FlowEngine("torch", "cpu", preset("opencv"), batch_size=4, per_call=4)
+    eager = FlowEngine("torch", "cpu", preset("opencv"), batch_size=4, compile=False)
+    assert FlowEngine("torch", "cpu", preset("opencv"), batch_size=4).per_call == 1
+    assert compiled.compiled and not eager.compiled
+    graphs = counters["stats"]["unique_graphs"]
+    for h, w in ((48, 64), (58, 42)):
+        frames = _moving_frames(steps, h, w)
+        fused, plain = list(compiled.flows(frames)), list(eager.flows(frames))
+        assert len(fused) == len(steps)
+        assert all(np.array_equal(a, b) for a, b in zip(fused, plain))
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert np.median(fused[0][8:-8, 8:-8, 0]) == pytest.approx(steps[0], abs=0.3)
+
+
+_NO_COMPILER = """
+import logging
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+from actprep.extractors.flow.engine import FlowEngine
+from actprep.extractors.flow.params import preset
+engines = [FlowEngine("auto", "cpu", preset("opencv"), batch_size=2),
+           FlowEngine("auto", "cpu", preset("opencv"), batch_size=2),
+           FlowEngine("torch", "cpu", preset("opencv"), batch_size=2),
+           FlowEngine("auto", "cpu", preset("tsn"), batch_size=2)]
+print(" ".join(f"{e.backend}:{e.compiled}" for e in engines))
+"""
+
+
+def test_without_a_cpp_compiler_auto_falls_back_with_one_warning(tmp_path):
+    """No C++ compiler (CXX names none, and the Inductor cache is empty): auto takes OpenCV,
+    an explicit torch (or a preset OpenCV cannot run) the uncompiled torch TV-L1; one warning
+    for each, whatever the number of engines."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    proc = subprocess.run([sys.executable, "-c", _NO_COMPILER], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["opencv:False", "opencv:False", "torch:False", "torch:False"]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, proc.stderr[-3000:]
+    assert "using OpenCV's TV-L1" in warnings[0] and "torch.compile cannot run" in warnings[0]
+    assert "uncompiled torch TV-L1" in warnings[1]
+    assert "Traceback" not in proc.stderr
 
 
 # --- actprep flow -----------------------------------------------------------------------------

@@ -5,18 +5,26 @@ order, streaming: at most ``batch_size`` pairs are held at once whatever the vid
 and the last partial batch is always computed. Backends:
 
 - ``opencv``: ``cv2.optflow.DualTVL1OpticalFlow`` on the CPU, one pair at a time;
-- ``torch``: ``tvl1_torch.tvl1_flow`` on ``batch_size`` pairs per call, on CPU or CUDA.
+- ``torch``: ``tvl1_torch.tvl1_flow``, compiled (``torch.compile``), on CUDA ``batch_size``
+  pairs per call (the last batch of a video padded so that every call has the shape the
+  graphs were made for), on the CPU one pair per call.
 
-``auto`` picks torch on CUDA when a GPU is there, else OpenCV on the CPU. torch is imported only
-when needed, so the OpenCV path works without it.
+``auto`` picks torch, on CUDA when a GPU is there, else on the CPU, where compiled it is
+several times faster than OpenCV. Where compiling is impossible (no C++ compiler, a platform
+Inductor does not support), found by a warm-up call when the engine is made, ``auto`` falls
+back to OpenCV on the CPU and an explicit ``torch`` to its eager path (same flows, slower),
+each with one warning. torch is imported only when needed, so the OpenCV path works without it.
 
 Engines of several threads may share one device. A ``slots`` semaphore, shared by them,
 bounds how many torch batches are on the device at once, so its memory is bounded by
-slots x batch size whatever the number of threads (one batch already keeps a GPU busy).
+slots x batch size whatever the number of threads (one batch already keeps a GPU busy). On
+the CPU, torch calls take turns, one at a time per process: each uses every core.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import threading
 from typing import Callable, Iterable, Iterator
 
@@ -28,13 +36,17 @@ from actprep.extractors.flow.params import TVL1Params
 from actprep.extractors.torch_device import cuda_available, resolve_device
 
 BACKENDS = ("auto", "torch", "opencv")
+WARM_UP_SIZE = (72, 96)  # its pyramid spans small and large levels; height != width
+
+log = logging.getLogger(__name__)
 
 
 def resolve(backend: str, device: str) -> tuple[str, str]:
     """(backend, device) that will actually run for the requested ones.
 
-    auto/auto: torch on CUDA when available, else OpenCV on the CPU. OpenCV runs only on the
-    CPU; asking for CUDA without a GPU is an error rather than a silent CPU fallback."""
+    auto: torch, on CUDA when available, else on the CPU (``FlowEngine`` falls back to OpenCV
+    where torch cannot compile). OpenCV runs only on the CPU; asking for CUDA without a GPU is
+    an error rather than a silent CPU fallback."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown flow backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "opencv":  # decided without importing torch
@@ -43,10 +55,7 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
                              "--flow-backend torch for cuda")
         resolve_device(device, available=False)  # rejects unknown names
         return "opencv", "cpu"
-    resolved = resolve_device(device, cuda_available())
-    if backend == "torch" or resolved == "cuda":
-        return "torch", resolved
-    return "opencv", "cpu"
+    return "torch", resolve_device(device, cuda_available())
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -88,13 +97,31 @@ class FlowEngine:
 
     def __init__(self, backend: str = "auto", device: str = "auto",
                  params: TVL1Params | None = None, batch_size: int = 8,
-                 slots: threading.Semaphore | None = None):
+                 slots: threading.Semaphore | None = None, compile: bool = True,
+                 per_call: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.params = params or TVL1Params()
         self.batch_size = int(batch_size)
         self._slots = slots if slots is not None else contextlib.nullcontext()
         self.backend, self.device = resolve(backend, device)
+        if (self.backend, self.device) == ("torch", "cpu"):
+            self._slots = _CPU_TEAM
+        # pairs per tvl1_flow call: the whole batch on a GPU; one on the CPU, where a pair's
+        # arrays stay in the caches and a batch would iterate until its slowest pair stops
+        self.per_call = per_call or (self.batch_size if self.device == "cuda" else 1)
+        self.compiled = False
+        if self.backend == "torch" and compile:
+            problem = compile_problem(self.device, self.params, self.per_call)
+            if problem is None:
+                self.compiled = True
+            elif backend == "auto" and self.device == "cpu" and opencv_can_run(self.params):
+                _warn_once(f"flow: torch.compile cannot run here ({problem}); using OpenCV's "
+                           f"TV-L1 on the CPU instead, slower and with other flows")
+                self.backend = "opencv"
+            else:
+                _warn_once(f"flow: torch.compile cannot run here ({problem}); using the "
+                           f"uncompiled torch TV-L1, same flows but slower")
         if self.backend == "opencv":
             check_supported(self.params)
             self._batch_fn = self._opencv_batch
@@ -103,7 +130,8 @@ class FlowEngine:
 
     def __repr__(self) -> str:
         return (f"FlowEngine(backend={self.backend!r}, device={self.device!r}, "
-                f"batch_size={self.batch_size})")
+                f"batch_size={self.batch_size}, per_call={self.per_call}, "
+                f"compiled={self.compiled})")
 
     def flows(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """float32 [H, W, 2] flows of consecutive uint8 RGB frames: F-1 for F frames."""
@@ -118,20 +146,69 @@ class FlowEngine:
         return [opencv_flow(a, b, self.params) for a, b in batch]
 
     def _torch_batch_fn(self) -> Callable[[list], list[np.ndarray]]:
-        """The torch backend: stacks a batch, one ``tvl1_flow`` call on the device."""
+        """The torch backend: ``tvl1_flow`` calls of ``per_call`` stacked pairs on the
+        device (compiled: the last call padded with blank pairs to ``per_call``, the shape
+        its graphs were made for; a blank pair stops at its first iteration, and per-pair
+        stopping keeps the others' flows as they are alone)."""
         import torch
 
         from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
         device = torch.device(self.device)
-        params = self.params
+        params, compiled, size = self.params, self.compiled, self.per_call
+
+        def call(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+            blank = [np.zeros_like(pairs[0][0])] * (size - len(pairs) if compiled else 0)
+            prev = np.stack([a for a, _ in pairs] + blank)
+            nxt = np.stack([b for _, b in pairs] + blank)
+            out = tvl1_flow(torch.from_numpy(prev).to(device, torch.float32),
+                            torch.from_numpy(nxt).to(device, torch.float32), params,
+                            compiled=compiled)
+            return list(out[:len(pairs)].permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 2]
 
         def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-            prev = np.stack([a for a, _ in batch])
-            nxt = np.stack([b for _, b in batch])
             with self._slots:  # the device memory this batch needs is taken in here
-                out = tvl1_flow(torch.from_numpy(prev).to(device, torch.float32),
-                                torch.from_numpy(nxt).to(device, torch.float32), params)
-                return list(out.permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 2]
+                return [flow for part in batched(batch, size) for flow in call(part)]
 
         return run
+
+
+def opencv_can_run(params: TVL1Params) -> bool:
+    """Whether OpenCV's CPU TV-L1 can compute flows with these parameters."""
+    try:
+        check_supported(params)
+    except ValueError:
+        return False
+    return True
+
+
+_WARM_UP_LOCK = threading.Lock()
+# One torch flow call at a time per process on the CPU, whatever the number of threads: each
+# call already runs on every core (one OpenMP team), and teams of several threads at once
+# oversubscribe the cores, spinning against each other and against decoding.
+_CPU_TEAM = threading.Lock()
+
+
+@functools.cache
+def compile_problem(device: str, params: TVL1Params, batch_size: int) -> str | None:
+    """None when the compiled torch TV-L1 runs here, else why not (one line). A warm-up call
+    on blank frames: it compiles the graphs that every frame size then uses (or loads them
+    from the Inductor cache), once per process, so no video pays for it."""
+    import torch
+
+    from actprep.extractors.flow.tvl1_torch import tvl1_flow
+
+    with _WARM_UP_LOCK:
+        blank = torch.zeros((batch_size, *WARM_UP_SIZE), device=device)
+        try:
+            tvl1_flow(blank, blank, params, compiled=True)
+        except Exception as exc:  # noqa: BLE001 - whatever the compiler's failure, say it
+            text = str(exc).strip().splitlines()
+            return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Logs a warning the first time this process meets it."""
+    log.warning(message)
