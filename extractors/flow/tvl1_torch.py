@@ -290,19 +290,35 @@ def _step_core(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The body of ``_tvl1_step`` on tensors and scalars (Python floats eager, float32
     tensors compiled: the same values)."""
+    u_new = _primal(u, px, py, gvec, grad, rho_c, l_t, theta)
+    px_new, py_new = _dual(u_new, px, py, taut)
+    return u_new, px_new, py_new, _squared_update(u_new, u)
+
+
+def _primal(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
+            grad: torch.Tensor, rho_c: torch.Tensor, l_t: float | torch.Tensor,
+            theta: float | torch.Tensor) -> torch.Tensor:
+    """Thresholding, divergence and primal update: the new u."""
     rho = rho_c + (gvec * u).sum(1)
     thr = l_t * grad
     fi = -rho / grad.clamp_min(_FLT_EPSILON)
     coef = torch.where(rho < -thr, l_t, torch.where(
         rho > thr, -l_t, torch.where(grad > _FLT_EPSILON, fi, 0.0)))
     v = u + coef[:, None] * gvec
-    u_new = v + theta * _divergence(px, py)
-    error = (u_new - u).square().sum((1, 2, 3))
-    ux, uy = _forward_gradient(u_new)
+    return v + theta * _divergence(px, py)
+
+
+def _squared_update(u_new: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sum of squared updates per pair [B]: the stopping error."""
+    return (u_new - u).square().sum((1, 2, 3))
+
+
+def _dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, taut: float | torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward gradient of u and the dual update: new (px, py)."""
+    ux, uy = _forward_gradient(u)
     ng = 1.0 + taut * _sqrt_rounded(ux * ux + uy * uy)
-    px_new = (px + taut * ux) / ng
-    py_new = (py + taut * uy) / ng
-    return u_new, px_new, py_new, error
+    return (px + taut * ux) / ng, (py + taut * uy) / ng
 
 
 def _warp_terms(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
@@ -473,10 +489,14 @@ def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torc
     the iteration where its update falls to ``scaled_eps`` (what ``torch.compile`` traces:
     one graph for every level, size and preset)."""
     for k in range(steps):
-        u_new, px_new, py_new, error = _step_core(u, px, py, gvec, grad, rho_c, l_t, taut, theta)
         counts = left > k
         run = active & counts
-        u = _where_active(run, u_new, u)
+        # error and gradient of the masked new u: the same for the pairs that run (the
+        # others' are not used), and the kernels then keep one new u, not two
+        u_new = _where_active(run, _primal(u, px, py, gvec, grad, rho_c, l_t, theta), u)
+        error = _squared_update(u_new, u)
+        u = u_new
+        px_new, py_new = _dual(u, px, py, taut)
         px = _where_active(run, px_new, px)
         py = _where_active(run, py_new, py)
         active = torch.where(counts, active & (error > scaled_eps), active)
