@@ -9,12 +9,16 @@ sweeps the batch size.
     python benchmarks/flow.py [--data DIR] [--presets opencv,quality] [--pairs N]
                               [--batch-sizes 1,4,8] [--cuda-batch-sizes 1,8,32,64,128,256]
                               [--compiled] [--inner-unroll K]
+                              [--cuda-compiled-batch-sizes 32,128,256] [--no-cuda-graphs]
                               [--seconds S] [--json FILE]
                               [--write-reference NPZ | --reference NPZ]
 
 ``--compiled`` adds rows for ``tvl1_flow(..., compiled=True)`` on the CPU: steady-state pairs/s,
 the seconds of its first call (compilation, cold or from the Inductor cache; the cache folder
 is printed), and the largest |compiled - eager| flow difference over all the pairs, one by one.
+On CUDA the compiled path (Triton kernels) is timed at ``--cuda-compiled-batch-sizes``, plain
+and replayed as CUDA graphs, with its first-call seconds, peak GPU memory and the largest
+|CUDA compiled - CPU eager| difference of the first pair.
 
 Where OpenCV has no ``cv2.optflow`` (a GPU machine with plain opencv-python), the OpenCV rows
 are skipped; ``--reference`` then brings OpenCV's flows of the same pairs, written beforehand
@@ -100,19 +104,30 @@ def bench_torch(pairs, params, device: str, batch: int, budget: float):
     return rate, flows, mem
 
 
-def bench_compiled(pairs, params, batch: int, budget: float, unroll: int):
-    """(pairs/s, first-call seconds) of the compiled torch backend on the CPU."""
+def bench_compiled(pairs, params, batch: int, budget: float, unroll: int,
+                   device: str = "cpu", cuda_graphs: bool = False):
+    """(pairs/s, first-call seconds, flows [B, H, W, 2]) of the compiled torch backend."""
+    import torch
+
     from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
-    prev, nxt = _stacked(pairs, batch)
+    prev, nxt = (t.to(device) for t in _stacked(pairs, batch))
+
+    def call():
+        out = tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll,
+                        cuda_graphs=cuda_graphs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
     start = time.perf_counter()
-    tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll)
+    flows = call().permute(0, 2, 3, 1).cpu().numpy()
     first = time.perf_counter() - start
 
     def step() -> int:
-        tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll)
+        call()
         return batch
-    return _timed(step, budget)[0], first
+    return _timed(step, budget)[0], first, flows
 
 
 def compiled_max_diff(pairs, params, unroll: int) -> float:
@@ -135,6 +150,38 @@ def _stacked(pairs, batch: int):
     src = (pairs * -(-batch // len(pairs)))[:batch]
     return (torch.from_numpy(np.stack([a for a, _ in src]).astype(np.float32)),
             torch.from_numpy(np.stack([b for _, b in src]).astype(np.float32)))
+
+
+def bench_cuda_compiled(pairs, params, res: dict, cpu_flows, cv_flows, base, args,
+                        unroll: int, name: str) -> list[tuple]:
+    """Rows of the compiled path on CUDA, plain and as CUDA graphs, for each batch size;
+    a failure (a Triton or graph capture error) is recorded, not fatal."""
+    import torch
+
+    rows = []
+    for graphs in ((False,) if args.no_cuda_graphs else (False, True)):
+        label = "torch compiled" + (" + CUDA graphs" if graphs else "")
+        for b in (int(x) for x in args.cuda_compiled_batch_sizes.split(",")):
+            key = f"torch_cuda_compiled{'_graphs' if graphs else ''}_b{b}"
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                rate, first, flows = bench_compiled(pairs, params, b, args.seconds, unroll,
+                                                    "cuda", graphs)
+            except Exception as exc:  # noqa: BLE001 - recorded in the results
+                res[key + "_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                print(f"# {name} {label} b{b}: {res[key + '_error']}", file=sys.stderr)
+                break
+            mem = torch.cuda.max_memory_allocated() / 2**20
+            res[key] = rate
+            res[key + "_first_call_s"] = first
+            res[key + "_epe_vs_cpu"] = epe(flows[0], cpu_flows[0])
+            res[key + "_max_abs_diff_vs_cpu_px"] = float(np.abs(flows[0] - cpu_flows[0]).max())
+            if cv_flows is not None:
+                res[key + "_epe_vs_opencv"] = epe(flows[0], cv_flows[0])
+            res[key + "_gpu_mib"] = mem
+            rows.append((name, f"{label} (first call {first:.1f} s)", "cuda", b, rate,
+                         rate / base if base else None, res[key + "_epe_vs_cpu"], mem))
+    return rows
 
 
 def has_opencv_tvl1() -> bool:
@@ -165,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
     p.add_argument("--compiled", action="store_true",
                    help="also time the torch.compile path on the CPU (compiles on first use)")
+    p.add_argument("--cuda-compiled-batch-sizes", default="32,128,256",
+                   help="CUDA batch sizes for the compiled path ('' skips it)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on CUDA, time the compiled path without CUDA graphs only")
     p.add_argument("--inner-unroll", type=int, default=None,
                    help="inner iterations per compiled call (default: tvl1_torch's)")
     p.add_argument("--json")
@@ -216,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compiled:
             unroll = args.inner_unroll or DEFAULT_INNER_UNROLL
             for b in (int(x) for x in args.batch_sizes.split(",")):
-                rate, first = bench_compiled(pairs, params, b, args.seconds, unroll)
+                rate, first, _ = bench_compiled(pairs, params, b, args.seconds, unroll)
                 res[f"torch_cpu_compiled_b{b}"] = rate
                 res[f"torch_cpu_compiled_b{b}_first_call_s"] = first
                 rows.append((name, f"torch compiled (first call {first:.1f} s)", "cpu", b, rate,
@@ -239,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
                     mag = float(np.sqrt((cv_flows[0] ** 2).sum(-1)).mean())
                     res[f"torch_cuda_b{b}_epe_vs_opencv_rel"] = (
                         res[f"torch_cuda_b{b}_epe_vs_opencv"] / mag)
+        if cuda and args.cuda_compiled_batch_sizes:
+            unroll = args.inner_unroll or DEFAULT_INNER_UNROLL
+            rows += bench_cuda_compiled(pairs, params, res, cpu_flows, cv_flows, base, args,
+                                        unroll, name)
         results["presets"][name] = res
+        _save(args.json, results)  # after each preset: a run cut short keeps what it measured
+        print(f"# {name}: {json.dumps(res)}", file=sys.stderr)
     print("| preset | backend | device | batch | pairs/s | vs baseline | EPE vs reference | GPU MiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, backend, dev, b, rate, ratio, agree, mem in rows:
@@ -250,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
           "or where this OpenCV has no TV-L1, the first torch CPU row. EPE vs reference: torch "
           "on the CPU against OpenCV (first pair); torch on CUDA against torch on the CPU "
           "(first pair; against OpenCV in the JSON when known).")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
     return 0
+
+
+def _save(path: str | None, results: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

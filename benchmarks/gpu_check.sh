@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of the torch TV-L1 and VGGish, as one short run (about 5 minutes on an H200):
-# throughput against batch size and agreement with the CPU (and with OpenCV's flows from
-# .gpu/opencv_flows.npz). Needs .gpu/ from benchmarks/gpu_prepare.sh and a Python with a CUDA
+# The GPU checks of the torch TV-L1 and VGGish, as one unattended run of at most 8 minutes
+# (the timeouts below add up to 7.5): flow pairs/s against batch size, eager, compiled
+# (Triton) and compiled + CUDA graphs, with first-call (compile) seconds, peak GPU memory and
+# agreement with the CPU (and with OpenCV's flows from .gpu/opencv_flows.npz). Needs .gpu/ from benchmarks/gpu_prepare.sh and a Python with a CUDA
 # torch, numpy and opencv-python; actprep is put on the path as it is laid out in the
 # repository (symbolic links in a scratch folder), no pip and no network needed.
 # Writes flow.json, flow_memory.json and vggish.json to ${OUT:-.}.
@@ -12,12 +13,15 @@ NS=$(mktemp -d)/site && mkdir -p "$NS/actprep"
 for pkg in schemas extractors pipelines; do ln -s "$PWD/$pkg" "$NS/actprep/$pkg"; done
 export PYTHONPATH="$NS${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
-print(torch.__version__, torch.cuda.get_device_name(0))"
+import importlib.util as u; t = u.find_spec('triton'); \
+print(torch.__version__, torch.cuda.get_device_name(0), 'triton' if t else 'NO TRITON')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 360 python3 benchmarks/flow.py --data .gpu/middlebury --reference .gpu/opencv_flows.npz \
-    --presets opencv,quality,tsn --batch-sizes 1 --seconds 3 \
-    --cuda-batch-sizes 1,8,32,128,256,512 --json "$OUT/flow.json"
-timeout 60 python3 benchmarks/flow_memory.py --device cuda --presets opencv,quality \
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}  # cold: compile counted
+timeout 300 python3 benchmarks/flow.py --data .gpu/middlebury --reference .gpu/opencv_flows.npz \
+    --presets opencv,quality --batch-sizes 1 --seconds 3 \
+    --cuda-batch-sizes 1,32,128,256 --cuda-compiled-batch-sizes 32,128,256 \
+    --json "$OUT/flow.json"
+timeout 45 python3 benchmarks/flow_memory.py --device cuda --presets opencv,quality \
     --batch-sizes 8,64,256 --json "$OUT/flow_memory.json" || true
-timeout 120 python3 benchmarks/vggish.py --data .gpu/vggish --no-tf --seconds 3 \
+timeout 90 python3 benchmarks/vggish.py --data .gpu/vggish --no-tf --seconds 3 \
     --batch-sizes 64 --cuda-batch-sizes 16,64,256,1024 --json "$OUT/vggish.json"

@@ -105,28 +105,32 @@ class FlowEngine:
         self.batch_size = int(batch_size)
         self._slots = slots if slots is not None else contextlib.nullcontext()
         self.backend, self.device = resolve(backend, device)
-        if (self.backend, self.device) == ("torch", "cpu"):
-            self._slots = _CPU_TEAM
         # pairs per tvl1_flow call: the whole batch on a GPU; one on the CPU, where a pair's
         # arrays stay in the caches and a batch would iterate until its slowest pair stops
         self.per_call = per_call or (self.batch_size if self.device == "cuda" else 1)
-        self.compiled = False
-        if self.backend == "torch" and compile:
-            problem = compile_problem(self.device, self.params, self.per_call)
-            if problem is None:
-                self.compiled = True
-            elif backend == "auto" and self.device == "cpu" and opencv_can_run(self.params):
-                _warn_once(f"flow: torch.compile cannot run here ({problem}); using OpenCV's "
-                           f"TV-L1 on the CPU instead, slower and with other flows")
-                self.backend = "opencv"
-            else:
-                _warn_once(f"flow: torch.compile cannot run here ({problem}); using the "
-                           f"uncompiled torch TV-L1, same flows but slower")
+        self.compiled = self.backend == "torch" and compile and self._compiles(backend)
         if self.backend == "opencv":
             check_supported(self.params)
             self._batch_fn = self._opencv_batch
         else:
+            if self.device == "cpu":
+                self._slots = _CPU_TEAM
             self._batch_fn = self._torch_batch_fn()
+
+    def _compiles(self, requested: str) -> bool:
+        """Whether the compiled torch TV-L1 runs here; where it does not, one warning, and
+        ``auto`` on the CPU falls back to OpenCV (when it can run these parameters)."""
+        problem = compile_problem(self.device, self.params, self.per_call)
+        if problem is None:
+            return True
+        if requested == "auto" and self.device == "cpu" and opencv_can_run(self.params):
+            _warn_once(f"flow: torch.compile cannot run here ({problem}); using OpenCV's "
+                       f"TV-L1 on the CPU instead, slower and with slightly other flows")
+            self.backend = "opencv"
+        else:
+            _warn_once(f"flow: torch.compile cannot run here ({problem}); using the "
+                       f"uncompiled torch TV-L1, the same solver but slower")
+        return False
 
     def __repr__(self) -> str:
         return (f"FlowEngine(backend={self.backend!r}, device={self.device!r}, "
