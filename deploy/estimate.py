@@ -8,8 +8,9 @@ time per frame pair (or, without a GPU, CPU time: the compiled torch TV-L1); a w
 limited by whichever of its CPUs or its GPU runs out first. The defaults are the figures in
 docs/BENCHMARKS.md (2-core VM, 640x360 sources) and a GPU flow rate that is a projection
 (the roofline of benchmarks/flow_roofline.py for an L4-class GPU), not a measurement: measure
-yours with benchmarks/gpu_check.sh on the worker's GPU and pass it; the output says which. Prices are inputs too (the
-defaults are Dataflow batch list prices in us-central1 as we read them; check yours).
+yours with benchmarks/gpu_check.sh on the worker's GPU and pass it; the output says which.
+Prices are inputs too (the defaults are Dataflow batch list prices in us-central1 as we read
+them; check yours).
 """
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ Everything is [B, ...] tensors; there is no per-pair Python loop.
 inside) as ``torch.compile`` kernels (C++ on the CPU, Triton on CUDA, optionally replayed as
 CUDA graphs), symbolic in height and width so that one graph serves every level, frame size
 and preset; the median filter is OpenCV's ``medianBlur`` on the CPU and a compiled min/max
-selection network on CUDA; warping and the pyramid stay eager (a few per cent of the time). The eager path (``compiled=False``) is the reference.
-The Inductor cache lives in ``TORCHINDUCTOR_CACHE_DIR`` (default
-``~/.cache/actprep/inductor``) so later processes reuse the compiled kernels.
+selection network on CUDA; warping and the pyramid stay eager (a few per cent of the time).
+The eager path (``compiled=False``) is the reference. The Inductor cache lives in
+``TORCHINDUCTOR_CACHE_DIR`` (default ``~/.cache/actprep/inductor``) so later processes reuse
+the compiled kernels.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -241,8 +243,6 @@ def _median_opencv(u: torch.Tensor, size: int) -> torch.Tensor:
     """Same as ``_median_blur`` (size 3 or 5, CPU tensors) by OpenCV's ``medianBlur``, a
     vectorised selection per plane that needs no compiling (and, on the CPU, is faster than
     what Inductor makes of the selection network)."""
-    import cv2
-
     planes = u.contiguous().numpy()
     out = [[cv2.medianBlur(plane, size) for plane in pair] for pair in planes]
     return torch.from_numpy(np.asarray(out, dtype=np.float32))
