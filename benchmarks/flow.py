@@ -87,10 +87,7 @@ def bench_torch(pairs, params, device: str, batch: int, budget: float):
 
     from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
-    reps = -(-batch // len(pairs))
-    src = (pairs * reps)[:batch]
-    prev = torch.from_numpy(np.stack([a for a, _ in src]).astype(np.float32)).to(device)
-    nxt = torch.from_numpy(np.stack([b for _, b in src]).astype(np.float32)).to(device)
+    prev, nxt = (t.to(device) for t in _stacked(pairs, batch))
 
     def step() -> int:
         out = tvl1_flow(prev, nxt, params)

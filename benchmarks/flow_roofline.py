@@ -5,7 +5,7 @@ enough) and projects GPU pairs/s from them. Three measurements, then a projectio
 
 1. bytes per inner iteration per pixel, from Inductor's own accounting: ``_inner_steps``
    (batch 1, 2 flow channels, 256x340, height and width symbolic as the solver marks them)
-   and the median filter graph ``_median_padded_active`` (sizes 5 and 3) are compiled with a
+   and the median filter graphs ``_median5_active`` and ``_median3_active`` are compiled with a
    fresh Inductor cache and the ``inductor_metrics`` log on, and
    ``torch._inductor.metrics.num_bytes_accessed`` is read (``GraphLowering.count_bytes``:
    per fused kernel, each buffer it reads or writes counted once, at most its size), with the

@@ -23,6 +23,7 @@ the CPU, torch calls take turns, one at a time per process: each uses every core
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import threading
@@ -202,14 +203,34 @@ def compile_problem(device: str, params: TVL1Params, batch_size: int) -> str | N
 
     from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
+    from torch._dynamo.exc import TorchDynamoException
+
     with _WARM_UP_LOCK:
         blank = torch.zeros((batch_size, *WARM_UP_SIZE), device=device)
         try:
             tvl1_flow(blank, blank, params, compiled=True)
-        except Exception as exc:  # noqa: BLE001 - whatever the compiler's failure, say it
+        except TorchDynamoException as exc:  # the compiler's failure, whatever it is
+            if _machine_fault(exc):
+                raise  # memory, disk: the environment's, not a reason to change solvers
             text = str(exc).strip().splitlines()
             return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
     return None
+
+
+def _machine_fault(exc: BaseException) -> bool:
+    """Whether a compile error was caused by memory or a storage fault (an errno other than
+    a missing or forbidden file, which is how a missing compiler shows)."""
+    import torch
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.ENOENT, errno.EACCES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @functools.cache

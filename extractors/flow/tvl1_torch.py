@@ -268,7 +268,9 @@ def _tvl1_step(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, warp_terms: 
     update (estimateU), forward gradients, dual update. Returns (u, px, py, error [B])."""
     gvec, grad, rho_c = warp_terms
     l_t, taut, theta = _step_constants(params)
-    return _step_core(u, px, py, gvec, grad, rho_c, l_t, taut, theta)
+    u_new = _primal(u, px, py, gvec, grad, rho_c, l_t, theta)
+    px_new, py_new = _dual(u_new, px, py, taut)
+    return u_new, px_new, py_new, _squared_update(u_new, u)
 
 
 def _step_constants(params: TVL1Params) -> tuple[float, float, float]:
@@ -282,17 +284,6 @@ def _sqrt_rounded(x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling() or x.device.type != "cpu":
         return torch.sqrt(x)
     return torch.sqrt(x.double()).float()
-
-
-def _step_core(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
-               grad: torch.Tensor, rho_c: torch.Tensor, l_t: float | torch.Tensor,
-               taut: float | torch.Tensor, theta: float | torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The body of ``_tvl1_step`` on tensors and scalars (Python floats eager, float32
-    tensors compiled: the same values)."""
-    u_new = _primal(u, px, py, gvec, grad, rho_c, l_t, theta)
-    px_new, py_new = _dual(u_new, px, py, taut)
-    return u_new, px_new, py_new, _squared_update(u_new, u)
 
 
 def _primal(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
@@ -394,44 +385,35 @@ def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TV
 def _filter_active(u: torch.Tensor, active: torch.Tensor, size: int,
                    fused: Fused | None) -> torch.Tensor:
     """Median filter of the displacement channels of the active pairs (Wedel et al.)."""
-    if fused is not None and size in _MEDIAN_NET and u.device.type == "cpu":
-        return _median_active(u, active, size, _median_opencv)
-    if fused is not None and size in _MEDIAN_NET:
-        padded = _replicate_pad(u[:, :2], size // 2)
-        _dynamic_hw(padded, u)
-        return fused.kept(fused.fn(_MEDIAN_ACTIVE[size])(padded, u, active))[0]
-    return _median_active(u, active, size, _median_blur)
+    if fused is None or size not in _MEDIAN_NET:
+        return _with_median(u, active, _median_blur(u[:, :2], size))
+    if u.device.type == "cpu":
+        return _with_median(u, active, _median_opencv(u[:, :2], size))
+    padded = _replicate_pad(u[:, :2], size // 2)
+    _dynamic_hw(padded, u)
+    return fused.kept(fused.fn(_MEDIAN_ACTIVE[size])(padded, u, active))[0]
 
 
-def _median_padded_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor,
-                          size: int) -> torch.Tensor:
-    """u with channels 0-1 replaced by the median of ``padded`` (them, padded) where
-    ``active`` is set (what ``torch.compile`` traces)."""
-    med = _median_of_padded(padded, size)
+def _with_median(u: torch.Tensor, active: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
+    """u with channels 0-1 replaced by ``med`` where ``active`` is set."""
     return torch.cat((_where_active(active, med, u[:, :2]), u[:, 2:]), 1)
 
 
 def _median3_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor
                     ) -> torch.Tensor:
-    return _median_padded_active(padded, u, active, 3)
+    """``_with_median`` of the 3x3 network on ``padded`` (what ``torch.compile`` traces)."""
+    return _with_median(u, active, _median_of_padded(padded, 3))
 
 
 def _median5_active(padded: torch.Tensor, u: torch.Tensor, active: torch.Tensor
                     ) -> torch.Tensor:
-    return _median_padded_active(padded, u, active, 5)
+    """``_with_median`` of the 5x5 network on ``padded`` (what ``torch.compile`` traces)."""
+    return _with_median(u, active, _median_of_padded(padded, 5))
 
 
 # one function (so one compiled graph family) per size: an int that changes between calls of
 # one compiled function would be made symbolic by dynamo
 _MEDIAN_ACTIVE = {3: _median3_active, 5: _median5_active}
-
-
-def _median_active(u: torch.Tensor, active: torch.Tensor, size: int,
-                   median: Callable[[torch.Tensor, int], torch.Tensor] = _median_network
-                   ) -> torch.Tensor:
-    """u with channels 0-1 median-filtered where ``active`` is set."""
-    med = median(u[:, :2], size)
-    return torch.cat((_where_active(active, med, u[:, :2]), u[:, 2:]), 1)
 
 
 def _inner_eager(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tuple,
