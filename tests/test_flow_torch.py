@@ -304,15 +304,16 @@ def test_compiled_equals_eager_middlebury():
     p = preset("opencv").with_(nscales=3, warps=3)
     a, b = (torch.from_numpy(x.astype(np.float32))[None] for x in (prev, nxt))
     eager = tvl1_flow(a, b, p)
-    fused = tvl1_flow(a, b, p, compiled=True, inner_unroll=5)
     assert float(eager.abs().amax()) > 0.3  # there is motion to get wrong
-    assert float((fused - eager).abs().amax()) <= 1e-3
+    for unroll in (None, 5):  # the CPU's loop graph, and unrolled calls as on CUDA
+        fused = tvl1_flow(a, b, p, compiled=True, inner_unroll=unroll)
+        assert float((fused - eager).abs().amax()) <= 1e-3, unroll
 
 
 def test_compiled_batch_stops_each_pair_exactly(monkeypatch):
-    """Pairs of one batch stop at different inner iterations, also inside an unrolled call
-    (unroll 7 does not divide the 30 inner iterations): the compiled batch gives each pair's
-    eager flow alone."""
+    """Pairs of one batch stop at different inner iterations, inside the loop graph (the
+    CPU's default) and inside an unrolled call (unroll 7 does not divide the 30 inner
+    iterations): the compiled batch gives each pair's eager flow alone."""
     prevs, nxts, p = _uneven_batch()
     alone = [tvl1_flow(torch.from_numpy(a)[None], torch.from_numpy(b)[None], p)[0]
              for a, b in zip(prevs, nxts)]
@@ -325,11 +326,13 @@ def test_compiled_batch_stops_each_pair_exactly(monkeypatch):
         return out
 
     monkeypatch.setattr(tvl1_torch, "_inner_compiled", recording)
-    fused = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)), p,
-                      compiled=True, inner_unroll=7)
-    assert any(0 < n < 3 for n in counts)  # part of the batch was frozen
-    for i in range(3):
-        assert float((fused[i] - alone[i]).abs().amax()) <= 1e-3, i
+    for unroll in (None, 7):
+        counts.clear()
+        fused = tvl1_flow(torch.from_numpy(np.stack(prevs)), torch.from_numpy(np.stack(nxts)),
+                          p, compiled=True, inner_unroll=unroll)
+        assert any(0 < n < 3 for n in counts), unroll  # part of the batch was frozen
+        for i in range(3):
+            assert float((fused[i] - alone[i]).abs().amax()) <= 1e-3, (unroll, i)
     with pytest.raises(ValueError, match="inner_unroll"):
         tvl1_flow(torch.from_numpy(prevs[0])[None], torch.from_numpy(nxts[0])[None], p,
                   compiled=True, inner_unroll=0)

@@ -5,9 +5,10 @@ order, streaming: at most ``batch_size`` pairs are held at once whatever the vid
 and the last partial batch is always computed. Backends:
 
 - ``opencv``: ``cv2.optflow.DualTVL1OpticalFlow`` on the CPU, one pair at a time;
-- ``torch``: ``tvl1_torch.tvl1_flow``, compiled (``torch.compile``), on CUDA ``batch_size``
-  pairs per call (the last batch of a video padded so that every call has the shape the
-  graphs were made for), on the CPU one pair per call.
+- ``torch``: ``tvl1_torch.tvl1_flow``, compiled, on CUDA ``batch_size`` pairs per call (the
+  last batch of a video padded so that every call has the shape the kernels were made for)
+  with the hand-written Triton kernels (``tvl1_triton``; Inductor's where triton is missing
+  or they fail to build), on the CPU one pair per call with Inductor's C++ kernels.
 
 ``auto`` picks torch, on CUDA when a GPU is there, else on the CPU, where compiled it is
 several times faster than OpenCV. Where compiling is impossible (no C++ compiler, a platform
@@ -109,6 +110,7 @@ class FlowEngine:
         # pairs per tvl1_flow call: the whole batch on a GPU; one on the CPU, where a pair's
         # arrays stay in the caches and a batch would iterate until its slowest pair stops
         self.per_call = per_call or (self.batch_size if self.device == "cuda" else 1)
+        self.kernels = "triton" if self.device == "cuda" and _has_triton() else "inductor"
         self.compiled = self.backend == "torch" and compile and self._compiles(backend)
         if self.backend == "opencv":
             check_supported(self.params)
@@ -121,6 +123,13 @@ class FlowEngine:
     def _compiles(self, requested: str) -> bool:
         """Whether the compiled torch TV-L1 runs here; where it does not, one warning, and
         ``auto`` on the CPU falls back to OpenCV (when it can run these parameters)."""
+        if self.kernels == "triton":
+            problem = compile_problem(self.device, self.params, self.per_call, "triton")
+            if problem is None:
+                return True
+            _warn_once(f"flow: the Triton TV-L1 kernels cannot run here ({problem}); using "
+                       f"Inductor's kernels instead")
+            self.kernels = "inductor"
         problem = compile_problem(self.device, self.params, self.per_call)
         if problem is None:
             return True
@@ -136,7 +145,7 @@ class FlowEngine:
     def __repr__(self) -> str:
         return (f"FlowEngine(backend={self.backend!r}, device={self.device!r}, "
                 f"batch_size={self.batch_size}, per_call={self.per_call}, "
-                f"compiled={self.compiled})")
+                f"compiled={self.compiled}, kernels={self.kernels!r})")
 
     def flows(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """float32 [H, W, 2] flows of consecutive uint8 RGB frames: F-1 for F frames."""
@@ -161,6 +170,7 @@ class FlowEngine:
 
         device = torch.device(self.device)
         params, compiled, size = self.params, self.compiled, self.per_call
+        kernels = self.kernels if compiled else "inductor"
 
         def call(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
             blank = [np.zeros_like(pairs[0][0])] * (size - len(pairs) if compiled else 0)
@@ -168,7 +178,7 @@ class FlowEngine:
             nxt = np.stack([b for _, b in pairs] + blank)
             out = tvl1_flow(torch.from_numpy(prev).to(device, torch.float32),
                             torch.from_numpy(nxt).to(device, torch.float32), params,
-                            compiled=compiled)
+                            compiled=compiled, kernels=kernels)
             return list(out[:len(pairs)].permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 2]
 
         def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -194,27 +204,44 @@ _WARM_UP_LOCK = threading.Lock()
 _CPU_TEAM = threading.Lock()
 
 
+def _has_triton() -> bool:
+    """Whether the triton package is installed (it comes with CUDA builds of torch)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 @functools.cache
-def compile_problem(device: str, params: TVL1Params, batch_size: int) -> str | None:
-    """None when the compiled torch TV-L1 runs here, else why not (one line). A warm-up call
-    on blank frames: it compiles the graphs that every frame size then uses (or loads them
-    from the Inductor cache), once per process, so no video pays for it."""
+def compile_problem(device: str, params: TVL1Params, batch_size: int,
+                    kernels: str = "inductor") -> str | None:
+    """None when the compiled torch TV-L1 runs here with ``kernels``, else why not (one
+    line). A warm-up call on blank frames: it compiles the graphs that every frame size then
+    uses (or loads them from the Inductor cache), once per process, so no video pays for it.
+    The Triton kernels' failures to build are the compiler's (triton's exceptions), like
+    dynamo's."""
     import torch
 
     from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
-    from torch._dynamo.exc import TorchDynamoException
-
     with _WARM_UP_LOCK:
         blank = torch.zeros((batch_size, *WARM_UP_SIZE), device=device)
         try:
-            tvl1_flow(blank, blank, params, compiled=True)
-        except TorchDynamoException as exc:  # the compiler's failure, whatever it is
-            if _machine_fault(exc):
-                raise  # memory, disk: the environment's, not a reason to change solvers
+            tvl1_flow(blank, blank, params, compiled=True, kernels=kernels)
+        except Exception as exc:
+            if not _compiler_failure(exc) or _machine_fault(exc):
+                raise  # a bug, memory, disk: not a reason to change solvers
             text = str(exc).strip().splitlines()
             return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
     return None
+
+
+def _compiler_failure(exc: BaseException) -> bool:
+    """Whether an exception is a compiler's failure: dynamo's (whatever went wrong inside),
+    or one of triton's own."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return (isinstance(exc, TorchDynamoException)
+            or type(exc).__module__.split(".")[0] == "triton")
 
 
 def _machine_fault(exc: BaseException) -> bool:

@@ -21,17 +21,21 @@ duality-based TV-L1 with Wedel et al.'s median filtering):
 
 Everything is [B, ...] tensors; there is no per-pair Python loop.
 
-``compiled=True`` runs the inner iterations (``inner_unroll`` per call, per-pair stopping
-inside) as ``torch.compile`` kernels (C++ on the CPU, Triton on CUDA, optionally replayed as
-CUDA graphs), symbolic in height and width so that one graph serves every level, frame size
-and preset; the median filter is OpenCV's ``medianBlur`` on the CPU and a compiled min/max
-selection network on CUDA; warping and the pyramid stay eager (a few per cent of the time).
+``compiled=True`` runs the inner iterations (per-pair stopping inside) as ``torch.compile``
+kernels: on the CPU, C++ kernels in a loop graph (``torch.while_loop``, one call per outer
+iteration); on CUDA, Triton kernels of ``inner_unroll`` iterations per call, optionally
+replayed as CUDA graphs. Height and width are symbolic, so that one graph serves every
+level, frame size and preset. The median filter is OpenCV's ``medianBlur`` on the CPU and a
+compiled min/max selection network on CUDA; warping and the pyramid stay eager.
+``kernels="triton"`` runs hand-written Triton kernels (``tvl1_triton``: one launch per inner
+iteration, one per median filter) instead, what the engine uses on CUDA.
 The eager path (``compiled=False``) is the reference. The Inductor cache lives in
 ``TORCHINDUCTOR_CACHE_DIR`` (default ``~/.cache/actprep/inductor``) so later processes reuse
 the compiled kernels.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -301,7 +305,7 @@ def _primal(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Ten
 
 def _squared_update(u_new: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Sum of squared updates per pair [B]: the stopping error."""
-    return (u_new - u).square().sum((1, 2, 3))
+    return (u_new - u).square().sum((1, 2, 3), dtype=torch.float64)
 
 
 def _dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, taut: float | torch.Tensor
@@ -328,12 +332,16 @@ def _warp_terms(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
 
 @dataclass(frozen=True)
 class Fused:
-    """How the compiled path runs: ``unroll`` inner iterations per compiled call, and with
-    ``cuda_graphs`` each call replays a CUDA graph (``mode="reduce-overhead"``) instead of
-    launching its kernels one by one."""
+    """How the compiled path runs: ``unroll`` inner iterations per compiled call (None: the
+    loop graph, a whole outer iteration per call, for the CPU), and with ``cuda_graphs`` each
+    call replays a CUDA graph (``mode="reduce-overhead"``) instead of launching its kernels
+    one by one. ``kernels``: ``"inductor"`` (``torch.compile``) or
+    ``"triton"`` (the hand-written kernels of ``tvl1_triton``: one launch per inner iteration
+    and per median filter; no torch.compile)."""
 
-    unroll: int = DEFAULT_INNER_UNROLL
+    unroll: int | None = DEFAULT_INNER_UNROLL
     cuda_graphs: bool = False
+    kernels: str = "inductor"
 
     def fn(self, fn: Callable) -> Callable:
         """The compiled ``fn``; with CUDA graphs, the next call starts a new graph step."""
@@ -344,8 +352,9 @@ class Fused:
 
     def kept(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Outputs kept beyond the next call: copied out of the graphs' memory pool, which
-        later replays write over."""
-        return tuple(t.clone() for t in tensors) if self.cuda_graphs else tensors
+        later replays write over (``tvl1_triton.GraphedSteps`` copies its own out)."""
+        copy = self.cuda_graphs and self.kernels == "inductor"
+        return tuple(t.clone() for t in tensors) if copy else tensors
 
 
 def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1Params,
@@ -356,11 +365,12 @@ def _solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TV
     ``sync_every`` inner iterations: with 1 (the CPU, where reading it is free) all-active
     batches skip the masking and the loop stops as soon as every pair has; above 1 (CUDA) the
     queue of kernels is not drained every iteration and the masks alone freeze stopped pairs.
-    ``fused``: compiled kernels, ``fused.unroll`` inner iterations per call, read back after
-    each call.
+    ``fused``: compiled kernels (see ``_inner_compiled``), read back after each call.
     The flows are the same."""
     b, h, w = i0.shape
-    scaled_eps = params.epsilon * params.epsilon * h * w
+    # rounded to float32 once, as the compiled calls take it, so both compare the float64
+    # error with the same threshold
+    scaled_eps = float(np.float32(params.epsilon * params.epsilon * h * w))
     i1x, i1y = _centered_gradient(i1)
     i1_stack = torch.stack((i1, i1x, i1y), 1)
     px = torch.zeros_like(u)
@@ -387,6 +397,8 @@ def _filter_active(u: torch.Tensor, active: torch.Tensor, size: int,
     """Median filter of the displacement channels of the active pairs (Wedel et al.)."""
     if fused is None or size not in _MEDIAN_NET:
         return _with_median(u, active, _median_blur(u[:, :2], size))
+    if fused.kernels == "triton":
+        return _triton_kernels().median(u, active, size)
     if u.device.type == "cpu":
         return _with_median(u, active, _median_opencv(u[:, :2], size))
     padded = _replicate_pad(u[:, :2], size // 2)
@@ -444,22 +456,43 @@ def _inner_eager(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tup
 def _inner_compiled(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: tuple,
                     active: torch.Tensor, scaled_eps: float, params: TVL1Params, fused: Fused
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One outer iteration's inner loop as compiled calls of ``fused.unroll`` iterations
-    each (the last one masked past ``inner_iterations``); stops between calls once no pair
-    is active. The scalars go in as float32 tensors, rounded as the eager path rounds them:
-    as Python floats they would be constants of the graph, and a preset or a level with other
-    values would compile another one (or, once dynamo sees them change, a graph with
-    symbolic floats, whose results differ)."""
-    scalars = torch.tensor((scaled_eps, *_step_constants(params)), dtype=torch.float32,
-                           device=u.device).unbind()
-    _dynamic_hw(u, px, py, *terms)
+    """One outer iteration's inner loop, compiled: with ``fused.unroll`` None, one call of
+    the loop graph (``_inner_loop``); else calls of ``fused.unroll`` iterations each (the
+    last one masked past ``inner_iterations``; with ``kernels="triton"``, calls of
+    ``tvl1_triton.inner_steps``), stopping between calls once no pair is active. The scalars
+    go in as float32 tensors, rounded as the eager path rounds them: as Python floats they
+    would be constants of the graph, and a preset or a level with other values would compile
+    another one (or, once dynamo sees them change, a graph with symbolic floats, whose
+    results differ). They are separate tensors: the loop graph refuses aliased inputs."""
+    scalars = [torch.tensor(x, dtype=torch.float32, device=u.device)
+               for x in (scaled_eps, *_step_constants(params))]
+    if fused.kernels != "triton":
+        _dynamic_hw(u, px, py, *terms)
+    if fused.unroll is None and fused.kernels == "inductor":
+        count = torch.tensor(params.inner_iterations, device=u.device)
+        return fused.kept(*fused.fn(_inner_loop)(u, px, py, *terms, active, count, *scalars))
     for done in range(0, params.inner_iterations, fused.unroll):
         left = torch.tensor(params.inner_iterations - done, device=u.device)
-        u, px, py, active = fused.fn(_inner_steps)(u, px, py, *terms, active, left, *scalars,
-                                                   steps=fused.unroll)
+        chunk = (_triton_steps(fused.cuda_graphs) if fused.kernels == "triton"
+                 else fused.fn(_inner_steps))
+        u, px, py, active = chunk(u, px, py, *terms, active, left, *scalars, steps=fused.unroll)
         if not bool(active.any()):
             break
     return fused.kept(u, px, py, active)
+
+
+def _masked_step(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
+                 grad: torch.Tensor, rho_c: torch.Tensor, run: torch.Tensor,
+                 l_t: torch.Tensor, taut: torch.Tensor, theta: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inner iteration of the pairs where ``run`` [B] is set, the others unchanged:
+    (u, px, py, stopping error [B])."""
+    # error and gradient of the masked new u: the same for the pairs that run (the others'
+    # are not used), and the kernels then keep one new u, not two
+    u_new = _where_active(run, _primal(u, px, py, gvec, grad, rho_c, l_t, theta), u)
+    error = _squared_update(u_new, u)
+    px_new, py_new = _dual(u_new, px, py, taut)
+    return u_new, _where_active(run, px_new, px), _where_active(run, py_new, py), error
 
 
 def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
@@ -468,21 +501,37 @@ def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torc
                  taut: torch.Tensor, theta: torch.Tensor, steps: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``steps`` inner iterations of which the first ``left`` count, each pair frozen from
-    the iteration where its update falls to ``scaled_eps`` (what ``torch.compile`` traces:
-    one graph for every level, size and preset)."""
+    the iteration where its update falls to ``scaled_eps`` (what ``torch.compile`` traces,
+    unrolled: one graph for every level, size and preset)."""
     for k in range(steps):
         counts = left > k
-        run = active & counts
-        # error and gradient of the masked new u: the same for the pairs that run (the
-        # others' are not used), and the kernels then keep one new u, not two
-        u_new = _where_active(run, _primal(u, px, py, gvec, grad, rho_c, l_t, theta), u)
-        error = _squared_update(u_new, u)
-        u = u_new
-        px_new, py_new = _dual(u, px, py, taut)
-        px = _where_active(run, px_new, px)
-        py = _where_active(run, py_new, py)
+        u, px, py, error = _masked_step(u, px, py, gvec, grad, rho_c, active & counts,
+                                        l_t, taut, theta)
         active = torch.where(counts, active & (error > scaled_eps), active)
     return u, px, py, active
+
+
+def _inner_loop(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
+                grad: torch.Tensor, rho_c: torch.Tensor, active: torch.Tensor,
+                count: torch.Tensor, scaled_eps: torch.Tensor, l_t: torch.Tensor,
+                taut: torch.Tensor, theta: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to ``count`` inner iterations, each pair frozen from the iteration where its
+    update falls to ``scaled_eps``, ending when no pair is active: a ``torch.while_loop``
+    whose body is one iteration, so the graph is small (it compiles in half the time of
+    ``_inner_steps``'s five) and one call runs a whole outer iteration. Its condition is
+    read on the host every iteration: free on the CPU, not on a GPU."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    def going(k, u, px, py, active):
+        return (k < count) & active.any()
+
+    def step(k, u, px, py, active):
+        u, px, py, error = _masked_step(u, px, py, gvec, grad, rho_c, active, l_t, taut, theta)
+        return k + 1, u, px, py, active & (error > scaled_eps)
+
+    start = torch.zeros((), dtype=torch.int64, device=u.device)
+    return tuple(while_loop(going, step, (start, u, px, py, active))[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +539,7 @@ def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torc
 
 
 _COMPILED: dict[tuple[Callable, bool], Callable] = {}
-_RECOMPILE_LIMIT = 16  # graphs per function: batch sizes x small/large levels
+_RECOMPILE_LIMIT = 16  # graphs per function: one per batch size
 
 
 def inductor_cache_dir() -> str:
@@ -528,6 +577,48 @@ def _dynamic_hw(*tensors: torch.Tensor) -> None:
         torch._dynamo.maybe_mark_dynamic(t, t.ndim - 1)
 
 
+KERNELS = ("inductor", "triton")
+
+
+def _triton_kernels():
+    """``tvl1_triton``, imported on first use: triton is optional (the CPU path runs without
+    it)."""
+    from actprep.extractors.flow import tvl1_triton
+
+    return tvl1_triton
+
+
+_GRAPHED: list = []  # the one tvl1_triton.GraphedSteps of this process, made on first use
+
+
+def _triton_steps(cuda_graphs: bool) -> Callable:
+    """``tvl1_triton.inner_steps``, replayed from CUDA graphs with ``cuda_graphs``."""
+    kernels = _triton_kernels()
+    if not cuda_graphs:
+        return kernels.inner_steps
+    if not _GRAPHED:
+        _GRAPHED.append(kernels.GraphedSteps())
+    return _GRAPHED[0]
+
+
+def _check_kernels(kernels: str, compiled: bool, device: torch.device) -> None:
+    """Raise ValueError unless ``kernels`` can run: "triton" needs the compiled path, triton
+    installed, and a CUDA device or Triton's interpreter (``TRITON_INTERPRET=1``, CPU
+    tensors)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if kernels != "triton":
+        return
+    if not compiled:
+        raise ValueError("kernels='triton' needs compiled=True")
+    interpreted = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "yes", "on")
+    if device.type != "cuda" and not interpreted:
+        raise ValueError(f"kernels='triton' needs a CUDA device or TRITON_INTERPRET=1, got "
+                         f"tensors on {device.type}")
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("kernels='triton' needs the triton package (pip install triton)")
+
+
 def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
     """Flow of a coarse level resized to the finer ``size``; displacements divided by scale_step
     (the illumination channel, if any, is not scaled)."""
@@ -537,27 +628,33 @@ def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> 
 
 def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
               params: TVL1Params = TVL1Params(), sync_every: int | None = None,
-              compiled: bool = False, inner_unroll: int = DEFAULT_INNER_UNROLL,
-              cuda_graphs: bool = False) -> torch.Tensor:
+              compiled: bool = False, inner_unroll: int | None = None,
+              cuda_graphs: bool = False, kernels: str = "inductor") -> torch.Tensor:
     """Dual TV-L1 optical flow of a batch of gray image pairs.
 
     prev, nxt: [B, H, W] real tensors (values 0..255) on any device. Returns float32 flows
     [B, 2, H, W] on that device with prev(x, y) ~ nxt(x + u, y + v). ``sync_every``: how
     often the eager path reads the stopping state back on the host (default 1 on the CPU, 10
-    elsewhere). ``compiled``: inner iterations and median filter as ``torch.compile`` kernels,
-    ``inner_unroll`` iterations per call (the first call in a process compiles, or loads
-    from the cache); ``cuda_graphs`` (CUDA, compiled): each call replays a CUDA graph. They
+    elsewhere). ``compiled``: inner iterations and median filter as ``torch.compile`` kernels
+    (the first call in a process compiles, or loads from the cache), ``inner_unroll``
+    iterations per call (default: on the CPU with Inductor, the loop graph; else 5);
+    ``cuda_graphs`` (CUDA, compiled): each call replays a CUDA graph.
+    ``kernels`` (compiled): ``"inductor"`` (torch.compile) or ``"triton"`` (the hand-written
+    kernels of ``tvl1_triton``; CUDA, or CPU tensors under ``TRITON_INTERPRET=1``). They
     change the speed, not the result (compiled: equal to rounding)."""
     _check_inputs(prev, nxt)
     if sync_every is None:
         sync_every = 1 if prev.device.type == "cpu" else 10
     if sync_every < 1:
         raise ValueError(f"sync_every must be at least 1, got {sync_every}")
-    if inner_unroll < 1:
+    if inner_unroll is None and (prev.device.type != "cpu" or kernels != "inductor"):
+        inner_unroll = DEFAULT_INNER_UNROLL
+    if inner_unroll is not None and inner_unroll < 1:
         raise ValueError(f"inner_unroll must be at least 1, got {inner_unroll}")
     if cuda_graphs and (not compiled or prev.device.type != "cuda"):
         raise ValueError("cuda_graphs needs compiled=True and tensors on a CUDA device")
-    fused = Fused(inner_unroll, cuda_graphs) if compiled else None
+    _check_kernels(kernels, compiled, prev.device)
+    fused = Fused(inner_unroll, cuda_graphs, kernels) if compiled else None
     with torch.no_grad():
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
