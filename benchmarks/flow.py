@@ -101,8 +101,8 @@ def bench_torch(pairs, params, device: str, batch: int, budget: float):
     return rate, flows, mem
 
 
-def bench_compiled(pairs, params, batch: int, budget: float, unroll: int,
-                   device: str = "cpu", cuda_graphs: bool = False):
+def bench_compiled(pairs, params, batch: int, budget: float, unroll: int | None,
+                   device: str = "cpu", cuda_graphs: bool = False, kernels: str = "inductor"):
     """(pairs/s, first-call seconds, flows [B, H, W, 2]) of the compiled torch backend."""
     import torch
 
@@ -112,7 +112,7 @@ def bench_compiled(pairs, params, batch: int, budget: float, unroll: int,
 
     def call():
         out = tvl1_flow(prev, nxt, params, compiled=True, inner_unroll=unroll,
-                        cuda_graphs=cuda_graphs)
+                        cuda_graphs=cuda_graphs, kernels=kernels)
         if device == "cuda":
             torch.cuda.synchronize()
         return out
@@ -151,19 +151,23 @@ def _stacked(pairs, batch: int):
 
 def bench_cuda_compiled(pairs, params, res: dict, cpu_flows, cv_flows, base, args,
                         unroll: int, name: str) -> list[tuple]:
-    """Rows of the compiled path on CUDA, plain and as CUDA graphs, for each batch size;
-    a failure (a Triton or graph capture error) is recorded, not fatal."""
+    """Rows of the compiled path on CUDA, Inductor's kernels and the hand-written Triton
+    ones (``tvl1_triton``, what the engine runs), each plain and as CUDA graphs, for each
+    batch size; a failure (a Triton or graph capture error) is recorded, not fatal."""
     import torch
 
     rows = []
-    for graphs in ((False,) if args.no_cuda_graphs else (False, True)):
-        label = "torch compiled" + (" + CUDA graphs" if graphs else "")
+    variants = [(k, g) for k in ("triton", "inductor")
+                for g in ((False,) if args.no_cuda_graphs else (False, True))]
+    for kernels, graphs in variants:
+        label = f"torch compiled, {kernels}" + (" + CUDA graphs" if graphs else "")
+        name_k = "_triton" if kernels == "triton" else ""
         for b in (int(x) for x in args.cuda_compiled_batch_sizes.split(",")):
-            key = f"torch_cuda_compiled{'_graphs' if graphs else ''}_b{b}"
+            key = f"torch_cuda_compiled{name_k}{'_graphs' if graphs else ''}_b{b}"
             torch.cuda.reset_peak_memory_stats()
             try:
                 rate, first, flows = bench_compiled(pairs, params, b, args.seconds, unroll,
-                                                    "cuda", graphs)
+                                                    "cuda", graphs, kernels)
             except Exception as exc:  # noqa: BLE001 - recorded in the results
                 res[key + "_error"] = f"{type(exc).__name__}: {exc}"[:500]
                 print(f"# {name} {label} b{b}: {res[key + '_error']}", file=sys.stderr)
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             agree = epe(flows[0], cv_flows[0]) if cv_flows is not None else None
             rows.append((name, "torch", "cpu", b, rate, rate / base if base else None, agree, None))
         if args.compiled:
-            unroll = args.inner_unroll or DEFAULT_INNER_UNROLL
+            unroll = args.inner_unroll  # None: the CPU's default, the loop graph
             for b in (int(x) for x in args.batch_sizes.split(",")):
                 rate, first, _ = bench_compiled(pairs, params, b, args.seconds, unroll)
                 res[f"torch_cpu_compiled_b{b}"] = rate
@@ -270,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, f"torch compiled (first call {first:.1f} s)", "cpu", b, rate,
                              rate / base if base else None, None, None))
             res["compiled_max_abs_diff_px"] = compiled_max_diff(pairs, params, unroll)
-            res["inner_unroll"] = unroll
+            res["inner_unroll"] = unroll or "loop"
             print(f"# {name}: max |compiled - eager| {res['compiled_max_abs_diff_px']:.3g} px "
-                  f"over the pairs (unroll {unroll})", file=sys.stderr)
+                  f"over the pairs (unroll {unroll or 'loop'})", file=sys.stderr)
         if cuda:
             for b in (int(x) for x in args.cuda_batch_sizes.split(",")):
                 torch.cuda.reset_peak_memory_stats()

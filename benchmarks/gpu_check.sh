@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of the torch TV-L1 and VGGish, as one unattended run of at most 8 minutes
 # (the timeouts below add up to 7.5): flow pairs/s against batch size, eager, compiled
-# (Triton) and compiled + CUDA graphs, with first-call (compile) seconds, peak GPU memory and
-# agreement with the CPU (and with OpenCV's flows from .gpu/opencv_flows.npz). Needs .gpu/ from benchmarks/gpu_prepare.sh and a Python with a CUDA
-# torch, numpy and opencv-python; actprep is put on the path as it is laid out in the
-# repository (symbolic links in a scratch folder), no pip and no network needed.
+# (the hand-written Triton kernels and Inductor's), each plain and as CUDA graphs, with
+# first-call (compile) seconds, peak GPU memory and agreement with the CPU (and with OpenCV's
+# flows from .gpu/opencv_flows.npz). Needs .gpu/ from benchmarks/gpu_prepare.sh and a
+# Python with a CUDA torch (and its triton), numpy and opencv-python; actprep is put on the
+# path as it is laid out in the repository (symbolic links in a scratch folder), no pip and
+# no network needed.
 # Writes flow.json, flow_memory.json and vggish.json to ${OUT:-.}.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -19,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$(mktemp -d)}  # cold: compile counted
 timeout 300 python3 benchmarks/flow.py --data .gpu/middlebury --reference .gpu/opencv_flows.npz \
     --presets opencv,quality --batch-sizes 1 --seconds 3 \
-    --cuda-batch-sizes 1,32,128,256 --cuda-compiled-batch-sizes 32,128,256 \
+    --cuda-batch-sizes 1,64,256 --cuda-compiled-batch-sizes 64,256 \
     --json "$OUT/flow.json"
 timeout 45 python3 benchmarks/flow_memory.py --device cuda --presets opencv,quality \
     --batch-sizes 8,64,256 --json "$OUT/flow_memory.json" || true
