@@ -1,6 +1,8 @@
 """Which torch device runs: shared by the flow and VGGish extractors."""
 from __future__ import annotations
 
+import importlib.util
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -25,3 +27,13 @@ def resolve_device(device: str, available: bool | None = None) -> str:
     if device == "auto":
         return "cuda" if available else "cpu"
     return device
+
+
+def load_triton_before_tensorflow() -> None:
+    """Imports triton, if installed, so that it is loaded before TensorFlow. Each carries
+    its own LLVM; with TensorFlow loaded first, loading triton (which ``torch.compile``
+    does whenever it is installed, as with every CUDA build of torch) aborts the process
+    ("LLVM ERROR: inconsistency in registered CommandLine options"). The other order
+    works. Call it before any ``import tensorflow``."""
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401

@@ -13,11 +13,11 @@ import types
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import torch
 from conftest import SHARED_DATA, require_shared_data
 
-from actprep.extractors.audio import vggish_tf as vt
+from actprep.extractors.audio import vggish_tf as vt  # loads triton, then TensorFlow
+import tensorflow as tf  # after vggish_tf: see load_triton_before_tensorflow
 from actprep.extractors.audio.vggish_input import to_mono, waveform_to_examples
 from actprep.extractors.audio.vggish_torch import VggishEmbedder, load_state_dict
 
@@ -294,3 +294,19 @@ def test_run_with_tfhub_backend_equals_torch_backend(hub_model, big_tmp, vggish_
     assert rel(outputs["tfhub"]["vggish"], outputs["torch"]["vggish"]) < 1e-4
     diff = outputs["tfhub"]["vggish_pca"].astype(int) - outputs["torch"]["vggish_pca"]
     assert np.abs(diff).max() <= 1
+
+
+def test_tensorflow_and_torch_compile_share_a_process():
+    """TensorFlow loaded first makes a later triton load (torch.compile imports triton when
+    installed, as CUDA builds of torch do) abort the process on LLVM's option registry;
+    vggish_tf loads triton first, so a job with the TF-Hub VGGish and compiled flow runs."""
+    import subprocess
+    import sys
+
+    code = ("import actprep.extractors.audio.vggish_tf\n"
+            "import torch._dynamo\n"
+            "print('both loaded')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "both loaded"

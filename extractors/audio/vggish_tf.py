@@ -18,11 +18,14 @@ import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
-import tensorflow as tf
 
 from actprep.extractors.audio.vggish_input import (
     EMBEDDING_SIZE, EXAMPLE_FRAMES, FFT, FLAT_FEATURES, HOP, LOG_OFFSET, MEL_BANDS, WINDOW,
     mel_matrix)
+from actprep.extractors.torch_device import load_triton_before_tensorflow
+
+load_triton_before_tensorflow()
+import tensorflow as tf  # noqa: E402 - after triton (see load_triton_before_tensorflow)
 
 EXAMPLE_SAMPLES = EXAMPLE_FRAMES * HOP  # 15360: examples start every 0.96 s of samples
 
