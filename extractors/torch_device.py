@@ -29,11 +29,16 @@ def resolve_device(device: str, available: bool | None = None) -> str:
     return device
 
 
+def has_triton() -> bool:
+    """Whether the triton package is installed (every CUDA build of torch brings it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def load_triton_before_tensorflow() -> None:
     """Imports triton, if installed, so that it is loaded before TensorFlow. Each carries
     its own LLVM; with TensorFlow loaded first, loading triton (which ``torch.compile``
     does whenever it is installed, as with every CUDA build of torch) aborts the process
     ("LLVM ERROR: inconsistency in registered CommandLine options"). The other order
     works. Call it before any ``import tensorflow``."""
-    if importlib.util.find_spec("triton") is not None:
+    if has_triton():
         import triton  # noqa: F401

@@ -9,7 +9,6 @@ may import triton) first, so the checks run in one subprocess (this file run as 
 which prints their measurements as JSON; the tests assert on those."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,8 +21,9 @@ import torch
 
 from actprep.extractors.flow import tvl1_torch
 from actprep.extractors.flow.params import preset
+from actprep.extractors.torch_device import has_triton
 
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+needs_triton = pytest.mark.skipif(not has_triton(),
                                   reason="triton not installed")
 
 # small frames with odd sizes, cut into 2 x 2 tiles, partial at the right and lower edges
@@ -291,10 +291,6 @@ def test_kernels_argument_checked(monkeypatch):
         tvl1_torch.tvl1_flow(prev, nxt, compiled=True, kernels="triton")
 
 
-if __name__ == "__main__":
-    print(json.dumps({name: check() for name, check in CHECKS.items()}))
-
-
 # --------------------------------------------------------------------------------------------
 # the real compiler: PTX and a cubin for an H100/H200 (sm_90), built without a GPU
 
@@ -358,3 +354,7 @@ def test_kernels_compile_for_sm90_with_exact_rounding():
         ptx = builds[f"inner C={c}"]
         assert len(re.findall(r"sqrt\.rn\.f32", ptx)) >= c, c
         assert re.search(r"div\.rn\.f32", ptx) and re.search(r"\.f64", ptx), c
+
+
+if __name__ == "__main__":
+    print(json.dumps({name: check() for name, check in CHECKS.items()}))

@@ -35,7 +35,7 @@ import numpy as np
 
 from actprep.extractors.flow.opencv_backend import check_supported, opencv_flow
 from actprep.extractors.flow.params import TVL1Params
-from actprep.extractors.torch_device import cuda_available, resolve_device
+from actprep.extractors.torch_device import cuda_available, has_triton, resolve_device
 
 BACKENDS = ("auto", "torch", "opencv")
 WARM_UP_SIZE = (72, 96)  # its pyramid spans small and large levels; height != width
@@ -110,7 +110,7 @@ class FlowEngine:
         # pairs per tvl1_flow call: the whole batch on a GPU; one on the CPU, where a pair's
         # arrays stay in the caches and a batch would iterate until its slowest pair stops
         self.per_call = per_call or (self.batch_size if self.device == "cuda" else 1)
-        self.kernels = "triton" if self.device == "cuda" and _has_triton() else "inductor"
+        self.kernels = "triton" if self.device == "cuda" and has_triton() else "inductor"
         self.compiled = self.backend == "torch" and compile and self._compiles(backend)
         if self.backend == "opencv":
             check_supported(self.params)
@@ -202,13 +202,6 @@ _WARM_UP_LOCK = threading.Lock()
 # call already runs on every core (one OpenMP team), and teams of several threads at once
 # oversubscribe the cores, spinning against each other and against decoding.
 _CPU_TEAM = threading.Lock()
-
-
-def _has_triton() -> bool:
-    """Whether the triton package is installed (it comes with CUDA builds of torch)."""
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache

@@ -35,7 +35,7 @@ the compiled kernels.
 """
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from actprep.extractors.flow.params import TVL1Params
+from actprep.extractors.torch_device import has_triton
 
 MIN_LEVEL_SIZE = 16  # OpenCV stops adding pyramid levels below 16 px (either side)
 _FLT_EPSILON = 1.1920928955078125e-07  # numeric_limits<float>::epsilon()
@@ -474,7 +475,7 @@ def _inner_compiled(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, terms: 
     for done in range(0, params.inner_iterations, fused.unroll):
         left = torch.tensor(params.inner_iterations - done, device=u.device)
         chunk = (_triton_steps(fused.cuda_graphs) if fused.kernels == "triton"
-                 else fused.fn(_inner_steps))
+                 else fused.fn(_inner_steps))  # fn marks each CUDA graph step
         u, px, py, active = chunk(u, px, py, *terms, active, left, *scalars, steps=fused.unroll)
         if not bool(active.any()):
             break
@@ -588,17 +589,12 @@ def _triton_kernels():
     return tvl1_triton
 
 
-_GRAPHED: list = []  # the one tvl1_triton.GraphedSteps of this process, made on first use
-
-
+@functools.cache
 def _triton_steps(cuda_graphs: bool) -> Callable:
-    """``tvl1_triton.inner_steps``, replayed from CUDA graphs with ``cuda_graphs``."""
+    """``tvl1_triton.inner_steps``, replayed from CUDA graphs with ``cuda_graphs`` (one
+    ``GraphedSteps``, so one set of graphs, per process)."""
     kernels = _triton_kernels()
-    if not cuda_graphs:
-        return kernels.inner_steps
-    if not _GRAPHED:
-        _GRAPHED.append(kernels.GraphedSteps())
-    return _GRAPHED[0]
+    return kernels.GraphedSteps() if cuda_graphs else kernels.inner_steps
 
 
 def _check_kernels(kernels: str, compiled: bool, device: torch.device) -> None:
@@ -615,7 +611,7 @@ def _check_kernels(kernels: str, compiled: bool, device: torch.device) -> None:
     if device.type != "cuda" and not interpreted:
         raise ValueError(f"kernels='triton' needs a CUDA device or TRITON_INTERPRET=1, got "
                          f"tensors on {device.type}")
-    if importlib.util.find_spec("triton") is None:
+    if not has_triton():
         raise ValueError("kernels='triton' needs the triton package (pip install triton)")
 
 
