@@ -12,6 +12,12 @@ error sums. Rows: one inner iteration (all pairs running, C = 2 and 3), a pair a
 iteration after it stopped (copies its tile) and later (nothing but the error slot), the
 median filter (3x3 and 5x5, C = 2).
 
+Then the warping, which stays eager ATen ops on CUDA (``grid_sample`` and the linearisation
+around it, once per warp; the centred gradients once per level): counted on meta tensors
+with a dispatch mode, each op's inputs read once and its output written once (views free),
+and its full-resolution-equivalent calls per pair for each preset (warps x the pyramid's
+pixels over the frame's), the figures to add to a pair's bytes.
+
     python benchmarks/triton_traffic.py [--height 64] [--width 256] [--batch 1]
 
 Under a minute on a CPU; no GPU needed.
@@ -29,6 +35,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
 from actprep.extractors.flow import tvl1_torch, tvl1_triton  # noqa: E402
@@ -128,6 +136,56 @@ def rows(b: int, h: int, w: int) -> list[tuple[str, Callable[[], Launch]]]:
     ]
 
 
+class _OpBytes(TorchDispatchMode):
+    """Sums the bytes each ATen op reads (its tensor inputs) and writes (its outputs);
+    views move nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            moved = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            self.ops += 1
+            self.nbytes += sum(t.numel() * t.element_size() for t in moved)
+        return out
+
+
+def warp_bytes(h: int, w: int, c: int) -> tuple[tuple[float, int], tuple[float, int]]:
+    """((bytes/pixel, ops) of one eager warp, the same of one level's set-up) on the CUDA
+    path, for flow channels ``c``."""
+    meta = {"device": "meta", "dtype": torch.float32}
+    i0, i1 = torch.empty(1, h, w, **meta), torch.empty(1, h, w, **meta)
+    with _OpBytes() as level:
+        i1x, i1y = tvl1_torch._centered_gradient(i1)
+        i1_stack = torch.stack((i1, i1x, i1y), 1)
+    with _OpBytes() as warp:
+        tvl1_torch._warp_terms(i0, i1_stack, torch.empty(1, c, h, w, **meta), 0.1)
+    return (warp.nbytes / (h * w), warp.ops), (level.nbytes / (h * w), level.ops)
+
+
+def warps_per_pair(name: str, h: int = 256, w: int = 340) -> tuple[float, float]:
+    """(warps, levels) per pair of preset ``name`` in full-resolution equivalents."""
+    params = preset(name)
+    levels = tvl1_torch._pyramid(torch.empty(1, h, w, device="meta"), params)
+    area = sum(lv.shape[-2] * lv.shape[-1] for lv in levels) / (h * w)
+    return params.warps * area, area
+
+
+def print_warping(h: int, w: int) -> None:
+    (per_warp, ops), (per_level, level_ops) = warp_bytes(h, w, 2)
+    print(f"\neager warping on CUDA, bytes per pixel: a warp {per_warp:.1f} ({ops} ops), "
+          f"a level's set-up {per_level:.1f} ({level_ops} ops)")
+    print(f"{'preset':<10}{'warps/pair':>12}{'levels/pair':>13}{'bytes/pixel/pair':>18}")
+    for name in ("opencv", "quality", "tsn"):
+        warps, levels = warps_per_pair(name)
+        print(f"{name:<10}{warps:>12.2f}{levels:>13.2f}"
+              f"{warps * per_warp + levels * per_level:>18.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=64)
@@ -144,6 +202,7 @@ def main() -> None:
         every = [launch.all_bytes(kind) / pixels for kind in ("loads", "stores")]
         print(f"{label:<44}{sum(need):>10.1f} ({need[0]:.1f} + {need[1]:.1f}){'':>5}"
               f"{sum(every):>10.1f} ({every[0]:.1f} + {every[1]:.1f})")
+    print_warping(args.height, args.width)
 
 
 if __name__ == "__main__":

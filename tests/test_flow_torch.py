@@ -122,8 +122,8 @@ def test_agrees_with_opencv(seq):
 
 # Full-size subset: the one with the largest motions (Urban2, up to 22 px) and a small-motion
 # one. IPOL reference EPE (data/README.md): RubberWhale 0.215, Urban2 0.383; their mean 0.299.
-# The bound is that mean (measured, CPU: 0.149 and 0.388, mean 0.269); benchmarks/flow_accuracy.py
-# computes the full 8-sequence table (quality: 0.366 against IPOL's 0.375).
+# The bound is that mean; benchmarks/flow_accuracy.py computes the full 8-sequence table
+# (docs/BENCHMARKS.md).
 IPOL_SUBSET = {"RubberWhale": 0.215, "Urban2": 0.383}
 
 
@@ -242,6 +242,72 @@ def test_cuda_matches_cpu():
     gpu = tvl1_flow(prev.cuda(), nxt.cuda(), p)
     assert gpu.device.type == "cuda"
     assert (gpu.cpu() - cpu).norm(dim=1).mean() < 0.02
+
+
+def test_warp_is_opencv_remap_on_the_cpu():
+    """The CPU warp is OpenCV's bicubic remap, plane by plane and pair by pair (zero outside
+    the image), and agrees with grid_sample, the warp on other devices, to rounding."""
+    from actprep.extractors.flow import tvl1_torch as tv
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.from_numpy(np.stack([[texture(29, 41, seed=s + 3 * b) for s in range(3)]
+                                     for b in range(2)]))
+    flow = torch.randn(2, 2, 29, 41, generator=g) * 4
+    flow[1, 0, :, :5] = -60.0  # the left edge of pair 1 samples far outside: zeros
+    warped = tv._warp_bicubic(img, flow)
+    xs = np.arange(41, dtype=np.float32)[None]
+    ys = np.arange(29, dtype=np.float32)[:, None]
+    for b in range(2):
+        mx, my = xs + flow[b, 0].numpy(), ys + flow[b, 1].numpy()
+        for c in range(3):
+            ref = cv2.remap(img[b, c].numpy(), mx, my, cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            assert np.array_equal(warped[b, c].numpy(), ref)
+    assert torch.all(warped[1, :, :, :5] == 0)
+    other = tv._grid_sample_cubic(img, torch.from_numpy(xs) + flow[:, 0],
+                                  torch.from_numpy(ys) + flow[:, 1])
+    assert (warped - other).abs().max() < 0.02  # intensities 0..255
+    assert (warped - other).abs().max() > 0  # two implementations, not one
+
+
+def test_opencv_single_threaded_during_cpu_solves(monkeypatch):
+    """OpenCV runs on one thread inside a CPU solve (its remap and medianBlur calls) and
+    gets its own setting back afterwards, also when solves overlap in two threads."""
+    import threading
+
+    from actprep.extractors.flow import tvl1_torch as tv
+
+    seen: list[int] = []
+    remap = tv._remap_cubic
+
+    def watched(*args):
+        seen.append(cv2.getNumThreads())
+        return remap(*args)
+
+    monkeypatch.setattr(tv, "_remap_cubic", watched)
+    prev, nxt = _small_pair()
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        p = preset("opencv").with_(nscales=2, warps=2, outer_iterations=2)
+        tvl1_flow(prev, nxt, p)
+        assert seen and set(seen) == {1} and cv2.getNumThreads() == 2
+        inside = threading.Barrier(2)
+
+        def solve():
+            with tv._opencv_single_threaded(torch.device("cpu")):
+                inside.wait()  # both threads are inside at once
+                tvl1_flow(prev, nxt, p)
+                inside.wait()
+
+        threads = [threading.Thread(target=solve) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert set(seen) == {1} and cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,14 +19,16 @@ duality-based TV-L1 with Wedel et al.'s median filtering):
   flows as each pair alone);
 - ``gamma != 0`` adds OpenCV's illumination-variation variable ``u3``.
 
-Everything is [B, ...] tensors; there is no per-pair Python loop.
+Everything is [B, ...] tensors; there is no per-pair Python loop but OpenCV's calls on the
+CPU.
 
 ``compiled=True`` runs the inner iterations (per-pair stopping inside) as ``torch.compile``
 kernels: on the CPU, C++ kernels in a loop graph (``torch.while_loop``, one call per outer
 iteration); on CUDA, Triton kernels of ``inner_unroll`` iterations per call, optionally
 replayed as CUDA graphs. Height and width are symbolic, so that one graph serves every
 level, frame size and preset. The median filter is OpenCV's ``medianBlur`` on the CPU and a
-compiled min/max selection network on CUDA; warping and the pyramid stay eager.
+compiled min/max selection network on CUDA; warping is OpenCV's bicubic ``remap`` on the
+CPU (both paths) and ``grid_sample`` elsewhere; the pyramid stays eager.
 ``kernels="triton"`` runs hand-written Triton kernels (``tvl1_triton``: one launch per inner
 iteration, one per median filter) instead, what the engine uses on CUDA.
 The eager path (``compiled=False``) is the reference. The Inductor cache lives in
@@ -35,8 +37,10 @@ the compiled kernels.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -172,15 +176,39 @@ def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
 
 def _warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """img [B, C, H, W] sampled at (x + u, y + v): bicubic (a=-0.75), zero outside, as
-    OpenCV 5's ``remap(INTER_CUBIC, BORDER_CONSTANT)`` (measured: equal to ~1e-5 relative;
-    it does not round the coordinates to 1/32 px)."""
-    b, _, h, w = img.shape
+    OpenCV 5's ``remap(INTER_CUBIC, BORDER_CONSTANT)`` (it does not round the coordinates to
+    1/32 px). On the CPU that ``remap`` itself (both eager and compiled paths, so they agree
+    bit for bit); elsewhere ``grid_sample`` (equal to ~1e-5 relative)."""
+    _, _, h, w = img.shape
     xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
     ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
     mx = xs + flow[:, 0]
     my = ys + flow[:, 1]
+    if img.device.type == "cpu":
+        return _remap_cubic(img.to(torch.float32).contiguous(), mx, my)
+    return _grid_sample_cubic(img, mx, my)
+
+
+def _grid_sample_cubic(img: torch.Tensor, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
+    """``grid_sample``'s bicubic sampling of img [B, C, H, W] at the absolute coordinates
+    mx, my [B, H, W] (normalised for it, and back inside it: a rounding each way)."""
+    h, w = img.shape[-2:]
     grid = torch.stack((mx * (2.0 / max(w - 1, 1)) - 1.0, my * (2.0 / max(h - 1, 1)) - 1.0), -1)
     return F.grid_sample(img, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
+
+
+def _remap_cubic(img: torch.Tensor, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
+    """OpenCV's bicubic ``remap`` of each plane of float32 img [B, C, H, W] at the absolute
+    coordinates mx, my [B, H, W]: faster on the CPU than ATen's ``grid_sample``, which keeps
+    to one thread at batch 1."""
+    out = torch.empty_like(img)
+    src, dst = img.numpy(), out.numpy()
+    for i in range(img.shape[0]):
+        map_x, map_y = mx[i].contiguous().numpy(), my[i].contiguous().numpy()
+        for k in range(img.shape[1]):
+            cv2.remap(src[i, k], map_x, map_y, cv2.INTER_CUBIC, dst=dst[i, k],
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
 
 
 def _median_blur(u: torch.Tensor, size: int) -> torch.Tensor:
@@ -615,6 +643,35 @@ def _check_kernels(kernels: str, compiled: bool, device: torch.device) -> None:
         raise ValueError("kernels='triton' needs the triton package (pip install triton)")
 
 
+_OPENCV_USERS = threading.Lock()
+_opencv_state = {"users": 0, "threads": 0}
+
+
+@contextlib.contextmanager
+def _opencv_single_threaded(device: torch.device):
+    """OpenCV on one thread while a CPU solve runs. Its calls there (``remap``,
+    ``medianBlur``) come between torch's parallel regions, whose OpenMP threads keep
+    spinning on the cores for a while after each; OpenCV's own thread pool on top of them
+    oversubscribes the cores, worst when other processes (decoders) want them too, and one
+    thread is faster. Counted, so overlapping solves in several threads restore OpenCV's
+    setting once, when the last one ends."""
+    if device.type != "cpu":
+        yield
+        return
+    with _OPENCV_USERS:
+        if _opencv_state["users"] == 0:
+            _opencv_state["threads"] = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _opencv_state["users"] += 1
+    try:
+        yield
+    finally:
+        with _OPENCV_USERS:
+            _opencv_state["users"] -= 1
+            if _opencv_state["users"] == 0:
+                cv2.setNumThreads(_opencv_state["threads"])
+
+
 def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
     """Flow of a coarse level resized to the finer ``size``; displacements divided by scale_step
     (the illumination channel, if any, is not scaled)."""
@@ -651,7 +708,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
         raise ValueError("cuda_graphs needs compiled=True and tensors on a CUDA device")
     _check_kernels(kernels, compiled, prev.device)
     fused = Fused(inner_unroll, cuda_graphs, kernels) if compiled else None
-    with torch.no_grad():
+    with torch.no_grad(), _opencv_single_threaded(prev.device):
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
         channels = 3 if params.gamma != 0 else 2
