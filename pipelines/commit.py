@@ -68,9 +68,11 @@ def gather_results(opts: RunOptions, shard: int, entries: list[PlanEntry],
 def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
                  known: dict[int, dict[str, Any]] | None = None) -> dict:
     """Builds ``shard-NNNNNN.tar`` and its index from the shard's results (one per plan
-    entry, ok or failed), in (key, line) order. Returns a small summary; raises
-    ShardIncomplete (and commits nothing) unless the results are exactly the plan's."""
-    rows = sorted(gather_results(opts, shard, entries, known),
+    entry, ok or failed), in (key, line) order; ok rows get their sample's byte range in
+    the tar (``tar_offset``, ``tar_bytes``: readers seek to a sample without a scan).
+    Returns a small summary; raises ShardIncomplete (and commits nothing) unless the
+    results are exactly the plan's."""
+    rows = sorted((dict(r) for r in gather_results(opts, shard, entries, known)),
                   key=lambda r: (r["key"], r["line"]))
     with storage.atomic_writer(layout.shard_tar(opts.output, shard)) as stream:
         counted = _Counted(stream)
@@ -78,13 +80,16 @@ def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
         for number, row in enumerate(rows, 1):
             if number == len(rows) // 2 + 1:
                 crash_point("commit:tar")
+            row["tar_offset"] = row["tar_bytes"] = None
             if row["status"] == OK:
                 fragment = layout.fragment_path(opts.output, shard, row["line"])
+                start = tar.offset  # the sample's byte range: its members are consecutive
                 with storage.FileSystems.open(fragment, compression_type="uncompressed") as src:
                     copied = copy_members(src, tar)
                 if copied != row["members"]:
                     raise RuntimeError(f"{fragment}: {copied} members, its result says "
                                        f"{row['members']}")
+                row["tar_offset"], row["tar_bytes"] = start, tar.offset - start
         tar.close()
         buf = io.BytesIO()
         write_index(rows, buf, tar_bytes=counted.bytes)

@@ -9,12 +9,14 @@ Checks, each reported as a problem with a ``kind``:
   an output, tars of shards outside the plan), ``plan`` (a damaged ``plan-shards.json``;
   per shard: unparseable plan lines, lines that are not the shard's);
 - each index against the plan: ``index`` (one row per plan entry of the shard, same key,
-  shard and label index; ok rows carry their member count, bytes and sha256);
+  shard and label index; ok rows carry their member count, bytes and sha256, and their
+  byte range ``tar_offset``/``tar_bytes`` on all ok rows or on none: older outputs lack it);
 - each tar, streamed member by member (never a whole shard in memory): ``corrupt`` (not a
   valid tar to its end: truncation, bad header checksum, data after the end), ``header``
   (headers other than ``schemas.sample.tar_info``'s: mode 0444, mtime 0, uid/gid 0, no
   names, regular files, POSIX format), ``members`` / ``bytes`` / ``sha256`` (a sample
-  against its index row), ``sample-missing`` (an ok row without members),
+  against its index row), ``range`` (a sample of the right size whose members are not
+  at the byte range its row records: a reader would seek to the wrong bytes), ``sample-missing`` (an ok row without members),
   ``sample-unindexed`` (members without an ok row, e.g. of a failed row), ``order``
   (members not contiguous or not in the documented order, samples not in key order),
   ``decode`` (a JPEG that does not decode, with the wrong channels or size; an ``.npy``
@@ -137,6 +139,8 @@ class Member:
     name: str
     size: int
     deviations: tuple[str, ...]
+    offset: int = 0  # its first header (a pax header when it has one)
+    end: int = 0  # the end of its data's padding
 
     @property
     def key(self) -> str:
@@ -259,7 +263,8 @@ class TarReader:
             size = int(pax.get("size", info.size))
             data = self._data(size, f"member {name}", name.split(".", 1)[0])
             self._last = name
-            yield Member(name, size, _deviations(block, info, pax, name, size)), data
+            yield Member(name, size, _deviations(block, info, pax, name, size), offset,
+                         self.offset), data
         self._end()
 
 
@@ -382,6 +387,8 @@ class _Tally:
         self.misordered = False
         self.bad_headers = 0
         self.first_bad_header = ""
+        self.start: int | None = None  # byte range of its members in the tar
+        self.end = 0
 
     def add(self, name: str, data: bytes) -> None:
         self.sha.update(name.encode("utf-8", "surrogateescape") + b"\0")
@@ -444,6 +451,8 @@ class ShardScan:
                              f"members of {self.current}")
             self.current = key
         tally = self.tallies.setdefault(key, _Tally(key))
+        tally.start = member.offset if tally.start is None else tally.start
+        tally.end = member.end
         tally.add(member.name, data)
         if member.deviations:
             tally.bad_headers += 1
@@ -509,6 +518,12 @@ class ShardScan:
         if tally.sha.hexdigest() != row["sample_sha256"]:
             self.problem(key, "sha256", f"sha256 mismatch: index {str(row['sample_sha256'])[:16]}"
                          f"..., tar {tally.sha.hexdigest()[:16]}...")
+        offset, length = row.get("tar_offset"), row.get("tar_bytes")
+        sized = tally.members == row["members"] and tally.bytes == row["sample_bytes"]
+        if offset is not None and sized and (tally.start, tally.end - tally.start) != \
+                (offset, length):  # (a sample of another size is reported above)
+            self.problem(key, "range", f"byte range mismatch: index {offset}+{length}, tar "
+                         f"{tally.start}+{tally.end - tally.start}")
         for detail in inventory_problems(tally, row, self.modalities):
             self.problem(key, "content", detail)
 
@@ -545,6 +560,11 @@ def index_problems(shard: str, rows: list[dict], entries: list[PlanEntry]) -> li
             add(planned[line].key, f"manifest line {line} has {count} index rows")
     for line in sorted(planned.keys() - seen.keys()):
         add(planned[line].key, f"manifest line {line} has no index row")
+    ranged = [r.get("tar_offset") is not None and r.get("tar_bytes") is not None
+              for r in rows if r["status"] == OK]
+    if any(ranged) and not all(ranged):  # a commit records every ok row's range, or none
+        add(None, f"{ranged.count(False)} of {len(ranged)} ok rows without tar_offset/"
+                  f"tar_bytes")
     ok_keys = collections.Counter(r["key"] for r in rows if r["status"] == OK)
     for key in sorted(k for k, n in ok_keys.items() if n > 1):
         add(key, f"{ok_keys[key]} ok rows")

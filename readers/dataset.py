@@ -1,21 +1,23 @@
 """``ActprepDataset``: a PyTorch iterable dataset over actprep shards for trainers.
 
-It streams the shards with ``webdataset.WebDataset`` (local paths, ``gs://`` or any URL
-webdataset opens), picks frame numbers with ``actprep.readers.sampling`` (TSN segments or
-dense clips) and decodes **only the JPEGs at those numbers**: a video's other members are read
-from the tar but never decoded, and members of modalities not asked for are skipped unread.
+The epoch's order comes from the Parquet index (``readers/order.py``): a function of the
+seed, the epoch, the rank and the world size only, split evenly across DDP ranks, resumable
+at any sample (``set_position``) and the same with any number of DataLoader workers
+(``make_loader``). Each sample is one ranged read of its bytes in the shard (local paths,
+``gs://`` and other fsspec URLs); frame numbers come from ``actprep.readers.sampling`` (TSN
+segments or dense clips) and **only the JPEGs at those numbers** are decoded.
 
-    from torch.utils.data import DataLoader
-    from actprep.readers import ActprepDataset
+    from actprep.readers import ActprepDataset, make_loader
 
-    ds = ActprepDataset("out/shard-{000000..000009}.tar", modality="rgb+flow",
-                        sampling="tsn", mode="train", seed=0)
+    ds = ActprepDataset("out", modality="rgb+flow", sampling="tsn", mode="train", seed=0)
+    loader = make_loader(ds, batch_size=8, num_workers=4)
     for epoch in range(epochs):
         ds.set_epoch(epoch)
-        for batch in DataLoader(ds, batch_size=8, num_workers=4):
+        for batch in loader:
             batch["rgb"]    # uint8   [B, 3, 3, H, W]   (segments, RGB, H, W)
             batch["flow"]   # float32 [B, 3, 10, H, W]  (segments, x1 y1 ... x5 y5, H, W) px
             batch["label"]  # int64   [B]               (-1 for unlabelled videos)
+            batch["key"]    # list of B sample keys
 
 Sample dicts: ``key`` (str), ``label`` (int, -1 without ``KEY.cls``), with RGB ``rgb`` uint8
 ``[T, 3, H, W]`` (RGB order, 0..255: normalise on the GPU) and ``rgb_indices`` int64 ``[T]``;
@@ -29,19 +31,23 @@ RGB). Clips: T = ``num_clips * clip_len`` (clip after clip) and L = 1.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import os
 import random
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import torch
-import webdataset as wds
-from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from actprep.readers import order, sources, tarindex
+from actprep.readers.catalog import Catalog, load_tars, resolve
 from actprep.readers.sampling import MODES, clip_indices, tsn_indices
 from actprep.schemas.sample import (CLS, JSON, MFCC, VGGISH, VGGISH_PCA, dequantize_flow,
                                     flow_raw_suffix, flow_x_suffix, flow_y_suffix, rgb_suffix)
@@ -139,67 +145,209 @@ def _npy(data: bytes) -> torch.Tensor:
 class ActprepDataset(IterableDataset):
     """Sampled, decoded videos of actprep shards (see the module docstring for the output).
 
-    ``urls``: a path or URL, a brace pattern (``out/shard-{000000..000009}.tar``; ``::``
-    joins several) or a list of them. ``modality``: ``+``-joined subset of rgb, flow, audio.
-    ``sampling``: ``"tsn"`` (``num_segments`` segments; one RGB frame and ``new_length``
-    flows each) or ``"clip"`` (``num_clips`` clips of ``clip_len`` frames every
-    ``frame_interval``; flow is sampled as frames, ``clip_len`` flows at the same stride).
-    ``mode``: ``"train"`` (random offsets from ``sample_rng(seed, epoch, key)``: reproducible;
-    call ``set_epoch`` every epoch for new draws) or ``"test"`` (deterministic centres).
+    ``urls``: an actprep output folder (its committed shards), or shard tars: a path or URL,
+    a brace pattern (``out/shard-{000000..000009}.tar``; ``::`` joins several) or a list.
+    Local paths, or ``gs://`` and other fsspec URLs (``pip install "actprep[reader-gcs]"``).
+    ``modality``: ``+``-joined subset of rgb, flow, audio. ``sampling``: ``"tsn"``
+    (``num_segments`` segments; one RGB frame and ``new_length`` flows each) or ``"clip"``
+    (``num_clips`` clips of ``clip_len`` frames every ``frame_interval``; flow is sampled
+    as frames, ``clip_len`` flows at the same stride). ``mode``: ``"train"`` (random
+    offsets from ``sample_rng(seed, epoch, key)``: reproducible; call ``set_epoch`` every
+    epoch for new draws) or ``"test"`` (deterministic centres).
 
-    Shards are split across DataLoader workers and ``torch.distributed`` ranks (webdataset's
-    ``split_by_worker`` / ``split_by_node``), so every sample comes once per epoch when the
-    shards outnumber the workers; extra workers get nothing. ``shardshuffle`` (default: on in
-    train mode) permutes the shard list with ``(seed, epoch)`` before the split;
-    ``shuffle`` is a buffer of raw samples (default 100 in train mode, 0 in test mode; it
-    holds the samples' bytes, a few MB per video). ``transform``, when given, maps each output
-    dict (in the worker): crop or resize there so that ``default_collate`` can batch videos
-    of different sizes.
+    The epoch's order comes from the Parquet index (``readers/order.py``): in train mode one
+    permutation of every ok sample from ``(seed, epoch)``, in test mode shard after shard in
+    key order (``shuffle``: nonzero shuffles, 0 does not; ``shardshuffle`` permutes the
+    shards of an unshuffled order). Rank ``rank`` of ``world_size`` (default: from
+    ``torch.distributed`` when initialised, else 0 of 1) gets an equal share, padded by
+    repeating the epoch's first samples (at most ``world_size - 1``) or, with ``drop_last``,
+    without its last ``N mod world_size``. ``set_position(k)`` skips the first ``k`` of the
+    rank's samples (resume). Each sample is one ranged read of its bytes (offsets from the
+    index; for outputs written before they were recorded, found by a scan of the tar's
+    headers on first use, kept per process and, with ``cache_dir``, on disk).
+    With ``make_loader`` the batches are the same with any number of workers.
+
+    ``streaming=True`` is the reader before the index was used: ``webdataset`` streams
+    the shards, split across ranks and workers, through a ``shuffle``-sample buffer
+    (needs no index; order depends on the worker count, no resume).
+    ``transform``, when given, maps each output dict (in the worker): crop or resize there
+    so that ``default_collate`` can batch videos of different sizes. ``read_ahead``: samples
+    read ahead in threads (default 4 for remote URLs, 0 for local files).
     """
 
     def __init__(self, urls: str | os.PathLike | Sequence[str | os.PathLike], *,
                  modality: str = "rgb", sampling: str = "tsn", mode: str = "train",
                  num_segments: int = 3, new_length: int = 5, clip_len: int = 32,
                  frame_interval: int = 2, num_clips: int = 1, seed: int = 0,
-                 shardshuffle: bool | None = None, shuffle: int | None = None,
-                 transform: Callable[[dict], dict] | None = None) -> None:
+                 shardshuffle: bool | None = None, shuffle: int | bool | None = None,
+                 transform: Callable[[dict], dict] | None = None,
+                 rank: int | None = None, world_size: int | None = None,
+                 drop_last: bool = False, streaming: bool = False,
+                 cache_dir: str | os.PathLike | None = None,
+                 read_ahead: int | None = None) -> None:
         super().__init__()
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.urls = _expand(urls)
+        self.source, self.urls = resolve(urls)
         self.modalities = parse_modality(modality)
         self.sampling, self.mode = sampling, mode
         self.num_segments, self.new_length = num_segments, new_length
         self.clip_len, self.frame_interval, self.num_clips = clip_len, frame_interval, num_clips
-        self.seed, self.epoch = int(seed), 0
+        self.seed, self.epoch, self.position = order._check_int("seed", seed, 0), 0, 0
         self.shardshuffle = (mode == "train") if shardshuffle is None else shardshuffle
         train_buffer = DEFAULT_TRAIN_SHUFFLE if mode == "train" else 0
         self.shuffle = train_buffer if shuffle is None else int(shuffle)
         self.transform = transform
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+        self.drop_last, self.streaming = bool(drop_last), bool(streaming)
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        remote = any(sources.is_remote(u) for u in self.urls)
+        self.read_ahead = (4 if remote else 0) if read_ahead is None else int(read_ahead)
+        self.batch_size: int | None = None  # set by make_loader: the worker split's unit
         self._families = {"json", "cls"}.union(*(_FAMILIES[m] for m in self.modalities))
+        self._catalog: Catalog | None = None
+        self._reader: sources.RangeReader | None = None
+
+    # ------------------------------------------------------------------ epoch and position
 
     def set_epoch(self, epoch: int) -> None:
-        """New shard order and train-mode offsets for ``epoch`` (as DistributedSampler)."""
-        self.epoch = int(epoch)
+        """New order and train-mode offsets for ``epoch`` (as DistributedSampler); the
+        position goes back to the epoch's start (call ``set_position`` after it)."""
+        self.epoch, self.position = order._check_int("epoch", epoch, 0), 0
 
-    def shard_order(self) -> list[str]:
-        """This epoch's shard list, before the split across ranks and workers."""
-        urls = list(self.urls)
-        if self.shardshuffle:
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(urls)
-        return urls
+    def set_position(self, position: int) -> None:
+        """Skips the first ``position`` samples of this rank's epoch: the next iteration
+        yields exactly the rest of its sequence (resume after ``position`` samples done)."""
+        position = order._check_int("position", position, 0)
+        if self.streaming:
+            raise ValueError("set_position needs the indexed reader (streaming=False)")
+        if position > self.samples_per_rank:
+            raise ValueError(f"position {position} is past the end of the epoch: each rank "
+                             f"reads {self.samples_per_rank} samples of {self.source}")
+        self.position = position
+
+    def catalog(self) -> Catalog:
+        """Every ok sample's shard, byte range and key, from the index (loaded once;
+        ``make_loader`` loads it before the workers start, which then share it)."""
+        if self._catalog is None:
+            if self.streaming:
+                raise ValueError("the streaming reader does not read the index")
+            self._catalog = load_tars(self.source, self.urls)
+        return self._catalog
+
+    @property
+    def samples_per_rank(self) -> int:
+        """Samples each rank reads per epoch (the same on every rank)."""
+        return order.per_rank(len(self.catalog()), self.world_size, self.drop_last)
+
+    def __len__(self) -> int:
+        """Samples the next iteration yields on this rank: the epoch's from its position."""
+        if self.streaming:
+            raise TypeError("the streaming reader does not know its length")
+        return self.samples_per_rank - self.position
+
+    def rank_samples(self) -> np.ndarray:
+        """Sample numbers (into ``catalog()``) this rank reads this epoch from its position."""
+        cat = self.catalog()
+        sequence = order.epoch_sequence(cat.counts, self.seed, self.epoch,
+                                        shuffle=bool(self.shuffle),
+                                        shardshuffle=bool(self.shardshuffle))
+        part = order.rank_sequence(sequence, self.rank, self.world_size, self.drop_last)
+        return part[self.position:]
+
+    def keys(self) -> list[str]:
+        """The keys this rank reads this epoch from its position, in order (nothing read
+        but the index): what ``batch["key"]`` will hold, batch after batch."""
+        return self.catalog().keys.take(pa.array(self.rank_samples())).to_pylist()
+
+    # ------------------------------------------------------------------------- reading
 
     def wanted(self, name: str) -> bool:
         """Whether tar member ``name`` is read at all: json, cls and the asked modalities."""
         suffix = os.path.basename(name).split(".", 1)[-1]
         return suffix.split(".", 1)[0] in self._families
 
+    def worker_samples(self) -> np.ndarray:
+        """This DataLoader worker's share of ``rank_samples()``: the samples of batches
+        worker, worker + workers, ... (batches of ``batch_size``, 1 when unset)."""
+        samples = self.rank_samples()
+        info = get_worker_info()
+        if info is None or info.num_workers == 1:
+            return samples
+        return samples[order.worker_positions(len(samples), self.batch_size or 1,
+                                              info.num_workers, info.id)]
+
     def raw_samples(self) -> Iterator[dict[str, Any]]:
-        """Undecoded samples (``{"__key__": ..., suffix: bytes}``) of this worker's shards."""
+        """Undecoded samples (``{"__key__": ..., suffix: bytes-like}``) of this worker,
+        in order; members of modalities not asked for are left out."""
+        if self.streaming:
+            return self._streamed_samples()
+        return self._indexed_samples()
+
+    def _indexed_samples(self) -> Iterator[dict[str, Any]]:
+        if self._reader is None:
+            self._reader = sources.RangeReader()
+        reader, cat = self._reader, self.catalog()
+
+        def fetch(item: tuple[int, int, int]) -> bytes:
+            i, offset, length = item
+            return reader.read(cat.shards[cat.shard[i]], offset, length)
+
+        # ranges are resolved here, in order (a scan of an older tar happens once), the
+        # reads themselves may run ahead in threads
+        items = ((int(i), *self._range(int(i))) for i in self.worker_samples())
+        for (i, offset, _), data in zip_ahead(fetch, items, self.read_ahead):
+            yield self._members(i, offset, data)
+
+    def _range(self, i: int) -> tuple[int, int]:
+        """(offset, bytes) of sample ``i``; for an index without them, the shard's ranges
+        are found first (``tarindex.shard_ranges``) and kept in the catalog."""
+        cat = self.catalog()
+        if cat.offset[i] < 0:
+            s = int(cat.shard[i])
+            start, count = int(cat.starts[s]), int(cat.counts[s])
+            offsets, nbytes = tarindex.shard_ranges(cat.shards[s], cat.shard_keys(s),
+                                                    self.cache_dir)
+            cat.offset[start:start + count], cat.nbytes[start:start + count] = offsets, nbytes
+        return int(cat.offset[i]), int(cat.nbytes[i])
+
+    def _members(self, i: int, offset: int, data: bytes) -> dict[str, Any]:
+        """Sample ``i``'s wanted members from its bytes; JPEGs as memoryviews (no copy)."""
+        cat = self.catalog()
+        key, url = cat.key(i), cat.shards[cat.shard[i]]
+        sample: dict[str, Any] = {"__key__": key, "__url__": url}
+        view = memoryview(data)
+        try:
+            for name, start, size in tarindex.iter_members(data):
+                member_key, _, suffix = name.partition(".")
+                if member_key != key:
+                    raise tarindex.TarFormatError(f"member {name} is not the sample's")
+                if suffix.split(".", 1)[0] in self._families:
+                    end = start + size
+                    sample[suffix] = view[start:end] if suffix.endswith(".jpg") \
+                        else data[start:end]
+        except tarindex.TarFormatError as exc:
+            raise ValueError(f"{url}: sample {key} at bytes {offset}..{offset + len(data)}: "
+                             f"{exc}: the index does not match the tar (rewritten or "
+                             f"damaged): run actprep verify") from None
+        return sample
+
+    def shard_order(self) -> list[str]:
+        """Streaming reader: this epoch's shard list, before the split across ranks and
+        workers."""
+        urls = list(self.urls)
+        if self.shardshuffle:
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(urls)
+        return urls
+
+    def _streamed_samples(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        rank, world = self.rank, self.world_size
         pipeline = wds.WebDataset(self.shard_order(), shardshuffle=False,
-                                  nodesplitter=wds.split_by_node,
+                                  nodesplitter=lambda urls: list(urls)[rank::world],
                                   workersplitter=wds.split_by_worker,
                                   select_files=self.wanted, empty_check=False)
         if self.shuffle > 0:
@@ -213,6 +361,11 @@ class ActprepDataset(IterableDataset):
         for sample in self.raw_samples():
             out = self.decode(sample)
             yield self.transform(out) if self.transform is not None else out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # open files stay in the process that opened them
+        return state
 
     def decode(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """One raw sample to the output dict: sample frame numbers, decode those members."""
@@ -254,14 +407,68 @@ class ActprepDataset(IterableDataset):
         return clips.reshape(-1, 1)
 
 
-def _expand(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """A list of shard URLs: brace patterns and ``::`` lists expanded."""
-    if isinstance(urls, (str, os.PathLike)):
-        urls = [urls]
-    expanded = [u for url in urls for u in wds.shardlists.expand_urls(os.fspath(url))]
-    if not expanded:
-        raise ValueError("no shard URLs given")
-    return expanded
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values, else torch.distributed's when initialised, else rank 0 of 1."""
+    if rank is None and world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    elif rank is None or world_size is None:
+        raise ValueError("give both rank and world_size, or neither")
+    world_size = order._check_int("world_size", world_size, 1)
+    rank = order._check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    return rank, world_size
+
+
+def zip_ahead(fetch: Callable[[Any], Any], items: Iterable[Any], depth: int
+              ) -> Iterator[tuple[Any, Any]]:
+    """``(item, fetch(item))`` for each item, in order, with up to ``depth`` fetches running
+    ahead in threads (I/O waits overlap decoding); no threads when ``depth`` is 0."""
+    if depth <= 0:
+        for item in items:
+            yield item, fetch(item)
+        return
+    with ThreadPoolExecutor(depth) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append((item, pool.submit(fetch, item)))
+            if len(pending) > depth:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def make_loader(dataset: ActprepDataset, batch_size: int, num_workers: int = 0, *,
+                collate_fn: Callable[[list], Any] | None = None, **kwargs: Any
+                ) -> DataLoader:
+    """A DataLoader over ``dataset`` whose batches are the same with any ``num_workers``:
+    consecutive runs of ``batch_size`` samples of the rank's sequence, in order, each with
+    ``batch["key"]`` (the samples' keys) beside the tensors.
+
+    Worker w reads the samples of batches w, w + num_workers, ... and the DataLoader takes
+    one batch from each worker in turn. Sets ``dataset.batch_size`` and loads the index
+    here, once, before the workers start. ``collate_fn`` defaults to ``collate`` (audio as
+    lists); other keyword arguments go to the DataLoader, except ``persistent_workers``
+    (workers would keep the epoch and position they started with) and ``in_order=False``.
+    """
+    batch_size = order._check_int("batch_size", batch_size, 1)
+    num_workers = order._check_int("num_workers", num_workers, 0)
+    if kwargs.get("persistent_workers"):
+        raise ValueError("persistent_workers=True: workers would keep the epoch and "
+                         "position they started with; leave it off")
+    if kwargs.get("in_order") is False:
+        raise ValueError("in_order=False would let batches overtake each other: the order "
+                         "would depend on timing")
+    dataset.batch_size = batch_size
+    if not dataset.streaming:
+        dataset.catalog()
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_fn or collate, **kwargs)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

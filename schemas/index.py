@@ -42,6 +42,11 @@ INDEX_SCHEMA = pa.schema([
     ("members", pa.int32()),  # tar members of the sample
     ("sample_bytes", pa.int64()),  # bytes of the sample's members (data only)
     ("sample_sha256", pa.string()),  # over member names and data, in tar order
+    # the sample's byte range in the shard tar (its members are consecutive): offset of its
+    # first header, bytes to the end of its last member's padding; null for failed rows and
+    # in outputs written before they were recorded (readers then find them in the tar)
+    ("tar_offset", pa.int64()),
+    ("tar_bytes", pa.int64()),
 ])
 FIELDS = tuple(INDEX_SCHEMA.names)
 

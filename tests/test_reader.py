@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import os
 from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
 from conftest import LOCAL_BEAM
-from actprep.pipelines.synth import make_video
+from actprep.pipelines.synth import make_garbage, make_video
 from actprep.readers.sampling import clip_indices, train_offsets, tsn_indices
 from actprep.schemas.sample import decode_sample, flow_raw_suffix, npy_bytes
 
@@ -152,11 +155,12 @@ VIDEOS = {  # path: (label, seconds at 10 fps, motion in px/frame at 128x96; sto
     "misc/nolabel.mp4": ("", 0.6, (0.0, 2.0)),
 }
 KEYS = {"walk__a": 1, "walk__b": 1, "run__short": 0, "misc__nolabel": -1}
+BROKEN = "misc__broken"  # undecodable: a failed row, never read
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    """An actprep output of the four VIDEOS (two shards); returns its shard pattern."""
+def output(tmp_path_factory) -> str:
+    """An actprep output of the four VIDEOS and one undecodable file (three shards)."""
     from actprep.pipelines.cli import main
 
     root = tmp_path_factory.mktemp("reader")
@@ -168,6 +172,8 @@ def shards(tmp_path_factory) -> str:
             make_video(str(root / path), duration=seconds, fps=10, size=(128, 96),
                        motion=motion)
             rows.writerow([path, label])
+        make_garbage(str(root / "misc" / "broken.mp4"), seed=5)
+        rows.writerow(["misc/broken.mp4", "run"])
     out = root / "out"
     code = main(["run", "--dataset", "generic", "--manifest", str(root / "list.csv"),
                  "--output", str(out), "--size", "64x48", "--modalities", "rgb,flow,mfcc",
@@ -175,8 +181,14 @@ def shards(tmp_path_factory) -> str:
                  *LOCAL_BEAM])
     assert code == 0
     assert sorted(p.name for p in out.glob("shard-*.tar")) == \
-        ["shard-000000.tar", "shard-000001.tar"]
-    return str(out / "shard-{000000..000001}.tar")
+        ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def shards(output) -> str:
+    """The output's shard pattern."""
+    return output + "/shard-{000000..000002}.tar"
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +268,10 @@ def _tag_worker(sample: dict) -> dict:
     return {**sample, "worker": torch.utils.data.get_worker_info().id}
 
 
-def test_dataloader_two_workers_every_sample_once(shards):
+def test_streaming_dataloader_two_workers_every_sample_once(output, shards):
+    """The webdataset reader of before (streaming=True): shards split across workers."""
     ds = ActprepDataset(shards, modality="rgb+flow+audio", sampling="tsn", mode="train",
-                        transform=_tag_worker)
+                        transform=_tag_worker, streaming=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -272,9 +285,11 @@ def test_dataloader_two_workers_every_sample_once(shards):
             workers.update(zip(batch["key"], batch["worker"].tolist()))
         assert sorted(keys) == sorted(KEYS)
         assert labels == KEYS
-        # one shard per worker: the keys of a shard share a worker, the workers differ
-        assert workers["misc__nolabel"] == workers["run__short"]
-        assert workers["walk__a"] == workers["walk__b"] != workers["run__short"]
+        # whole shards per worker: the keys of a shard share a worker, both workers work
+        for shard in glob.glob(os.path.join(output, "index", "*.parquet")):
+            table = pq.read_table(shard, filters=[("status", "==", "ok")])
+            assert len({workers[k] for k in table["key"].to_pylist()}) == 1
+        assert set(workers.values()) == {0, 1}
 
 
 def test_audio_only_skips_frame_members(shards):
@@ -308,3 +323,320 @@ def test_dataset_refuses_bad_arguments(shards):
     with pytest.raises(ValueError, match="no flow"):
         ActprepDataset("x.tar", modality="flow").decode(
             {"__key__": "v", "json": b"{}", "rgb.000001.jpg": b""})
+
+
+# --- the epoch order: ranks, workers, resume (readers/order.py, make_loader) --------------------
+
+from actprep.readers import make_loader, order, tarindex  # noqa: E402
+from actprep.schemas.index import read_index  # noqa: E402
+
+
+def _loader_keys(ds, batch_size: int, workers: int) -> list[str]:
+    keys = []
+    for batch in make_loader(ds, batch_size, workers):
+        assert len(batch["key"]) == len(batch["label"]) == batch["rgb"].shape[0]
+        keys += batch["key"]
+    return keys
+
+
+def test_order_ranks_cover_the_epoch_equally():
+    """Synthetic counts (an empty shard included): every rank the same count, all samples
+    covered, at most W - 1 repeated (padding) or left out (drop_last)."""
+    counts = [5, 0, 7, 3, 1]
+    total = sum(counts)
+    for shuffle in (True, False):
+        sequence = order.epoch_sequence(counts, 3, 1, shuffle=shuffle)
+        assert sorted(sequence.tolist()) == list(range(total))
+        for world in (1, 2, 3, 4, 7, 16, 20):
+            parts = [order.rank_sequence(sequence, r, world) for r in range(world)]
+            assert {len(p) for p in parts} == {-(-total // world)}
+            seen = Counter(i for p in parts for i in p.tolist())
+            assert set(seen) == set(range(total))
+            assert sum(seen.values()) - total <= world - 1
+            assert np.array_equal(np.concatenate(parts)[:total], sequence)  # contiguous
+            dropped = [order.rank_sequence(sequence, r, world, drop_last=True)
+                       for r in range(world)]
+            assert {len(p) for p in dropped} == {total // world}
+            kept = [i for p in dropped for i in p.tolist()]
+            assert len(set(kept)) == len(kept) and total - len(kept) <= world - 1
+    unshuffled = order.epoch_sequence(counts, 3, 1, shuffle=False)
+    assert unshuffled.tolist() == list(range(total))
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    counts = [50, 40, 30]
+    first = order.epoch_sequence(counts, 0, 0, shuffle=True)
+    assert np.array_equal(first, order.epoch_sequence(counts, 0, 0, shuffle=True))
+    others = [order.epoch_sequence(counts, 0, e, shuffle=True) for e in (1, 2)]
+    others.append(order.epoch_sequence(counts, 1, 0, shuffle=True))
+    assert all(not np.array_equal(first, o) for o in others)
+    shuffled_shards = order.epoch_sequence(counts, 0, 1, shuffle=False, shardshuffle=True)
+    assert sorted(shuffled_shards.tolist()) == list(range(120))
+    for start, count in ((0, 50), (50, 40), (90, 30)):  # each shard whole, in key order
+        at = np.flatnonzero((shuffled_shards >= start) & (shuffled_shards < start + count))
+        assert np.array_equal(shuffled_shards[at], np.arange(start, start + count))
+        assert np.array_equal(at, np.arange(at[0], at[0] + count))
+
+
+def test_worker_positions_interleave_batches():
+    for remaining, batch, workers in ((10, 3, 2), (7, 1, 3), (2, 4, 4), (0, 2, 2)):
+        parts = [order.worker_positions(remaining, batch, workers, w) for w in range(workers)]
+        # what the DataLoader does: a batch from each worker in turn, skipping the finished
+        batches = [[p[i:i + batch].tolist() for i in range(0, len(p), batch)] for p in parts]
+        merged, turn = [], 0
+        while any(batches):
+            if batches[turn % workers]:
+                merged += batches[turn % workers].pop(0)
+            turn += 1
+        assert merged == list(range(remaining))
+
+
+def test_order_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="rank must be below"):
+        order.rank_sequence(np.arange(4), 2, 2)
+    with pytest.raises(ValueError, match="world_size"):
+        order.rank_sequence(np.arange(4), 0, 0)
+    with pytest.raises(ValueError, match="seed"):
+        order.epoch_sequence([3], -1, 0, shuffle=True)
+
+
+def test_index_records_each_samples_byte_range(output):
+    """tar_offset / tar_bytes of every ok row cover exactly its members; failed rows none."""
+    rows = [r for path in sorted(glob.glob(os.path.join(output, "index", "*.parquet")))
+            for r in read_index(path).to_pylist()]
+    assert {r["key"] for r in rows if r["status"] == "ok"} == set(KEYS)
+    (broken,) = [r for r in rows if r["key"] == BROKEN]
+    assert broken["status"] == "failed" and broken["tar_offset"] is None \
+        and broken["tar_bytes"] is None
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        with open(os.path.join(output, row["shard"] + ".tar"), "rb") as f:
+            f.seek(row["tar_offset"])
+            data = f.read(row["tar_bytes"])
+        members = list(tarindex.iter_members(data))
+        assert len(members) == row["members"]
+        assert {name.split(".", 1)[0] for name, _, _ in members} == {row["key"]}
+        assert sum(size for _, _, size in members) == row["sample_bytes"]
+        with open(os.path.join(output, row["shard"] + ".tar"), "rb") as f:
+            keys, offsets, nbytes = tarindex.scan(f)
+        at = keys.index(row["key"])
+        assert (offsets[at], nbytes[at]) == (row["tar_offset"], row["tar_bytes"])
+
+
+def test_tar_parser_reads_long_names_like_tarfile(tmp_path):
+    """Keys up to 160 characters make member names past ustar's 100: pax headers."""
+    import io
+    import tarfile
+
+    from actprep.pipelines.fragment import open_shard
+    from actprep.schemas.sample import tar_info
+
+    key = "k" * 150
+    members = [(f"{key}.cls", b"3"), (f"{key}.rgb.000001.jpg", b"x" * 700),
+               ("short.json", b"{}"), ("short.cls", b"1" * 512)]
+    path = tmp_path / "t.tar"
+    with open(path, "wb") as f:
+        tar = open_shard(f)
+        for name, data in members:
+            tar.addfile(tar_info(name, len(data)), io.BytesIO(data))
+        tar.close()
+    raw = path.read_bytes()
+    got = [(name, raw[start:start + size]) for name, start, size in tarindex.iter_members(raw)]
+    assert got == members
+    with tarfile.open(path) as tf:
+        assert [m.name for m in tf.getmembers()] == [n for n, _ in got]
+    with open(path, "rb") as f:
+        keys, offsets, nbytes = tarindex.scan(f)
+    assert keys == [key, "short"] and offsets[0] == 0
+    assert [n for n, _, _ in tarindex.iter_members(raw[offsets[1]:offsets[1] + nbytes[1]])] \
+        == ["short.json", "short.cls"]
+    with pytest.raises(tarindex.TarFormatError):
+        list(tarindex.iter_members(raw[100:1124]))
+
+
+def test_same_sequence_with_zero_or_two_workers(output):
+    ds = ActprepDataset(output, modality="rgb", mode="train", seed=4)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        expected = ds.keys()
+        assert sorted(expected) == sorted(KEYS) and BROKEN not in expected
+        for batch_size in (1, 3):
+            assert _loader_keys(ds, batch_size, 0) == expected
+            assert _loader_keys(ds, batch_size, 2) == expected
+    # and the decoded samples agree too (train-mode offsets depend on seed, epoch, key)
+    ds.set_epoch(1)
+    one = {k: i for b in make_loader(ds, 2, 0) for k, i in zip(b["key"], b["rgb_indices"])}
+    two = {k: i for b in make_loader(ds, 2, 2) for k, i in zip(b["key"], b["rgb_indices"])}
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_the_epoch_evenly(output, world):
+    for drop_last in (False, True):
+        parts = []
+        for rank in range(world):
+            ds = ActprepDataset(output, modality="rgb", mode="train", seed=1, rank=rank,
+                                world_size=world, drop_last=drop_last)
+            ds.set_epoch(2)
+            keys = ds.keys()
+            assert _loader_keys(ds, 1, 2) == keys
+            assert len(ds) == len(keys) == ds.samples_per_rank
+            parts.append(keys)
+        assert len({len(p) for p in parts}) == 1
+        seen = Counter(k for p in parts for k in p)
+        if drop_last:
+            assert set(seen.values()) == {1} and len(KEYS) - len(seen) <= world - 1
+        else:
+            assert set(seen) == set(KEYS) and sum(seen.values()) - len(KEYS) <= world - 1
+
+
+def test_set_position_gives_exactly_the_rest(output):
+    ds = ActprepDataset(output, modality="rgb", mode="train", seed=2, rank=1, world_size=3)
+    ds.set_epoch(5)
+    full = ds.keys()
+    for k in range(len(full) + 1):
+        ds.set_position(k)
+        assert ds.keys() == full[k:] and len(ds) == len(full) - k
+        assert _loader_keys(ds, 1, 2) == full[k:]
+    ds.set_epoch(5)  # a new epoch starts at its beginning
+    assert ds.keys() == full
+    with pytest.raises(ValueError, match="past the end"):
+        ds.set_position(len(full) + 1)
+    ds = ActprepDataset(output, modality="rgb", mode="train", seed=2)
+    ds.set_epoch(3)
+    full = [s["key"] for s in ds]
+    ds.set_position(2)
+    assert [s["key"] for s in ds] == full[2:]
+
+
+def test_epochs_differ_and_repeat(output):
+    def keys(seed: int, epoch: int) -> list[str]:
+        ds = ActprepDataset(output, modality="rgb", mode="train", seed=seed)
+        ds.set_epoch(epoch)
+        return ds.keys()
+
+    orders = [tuple(keys(0, e)) for e in range(6)]
+    assert len(set(orders)) > 1
+    assert [tuple(keys(0, e)) for e in range(6)] == orders
+    test = ActprepDataset(output, modality="rgb", mode="test")  # unshuffled: shard order
+    assert test.keys() == [k for s in range(3) for k in test.catalog().shard_keys(s)]
+
+
+def test_url_pattern_reads_the_index_beside_the_tars(output, shards):
+    by_folder = ActprepDataset(output, modality="rgb", mode="test")
+    by_urls = ActprepDataset(shards, modality="rgb", mode="test")
+    assert by_urls.keys() == by_folder.keys()
+    a, b = list(by_folder), list(by_urls)
+    assert [s["key"] for s in a] == [s["key"] for s in b]
+    assert all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(a, b))
+
+
+def test_memory_url_reads_like_local(output):
+    """fsspec's memory:// filesystem (a real one, in-process) stands in for gs://."""
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for path in glob.glob(os.path.join(output, "**", "shard-*"), recursive=True):
+        rel = os.path.relpath(path, output)
+        fs.pipe(f"/reader-test/out/{rel}", open(path, "rb").read())
+    try:
+        local = ActprepDataset(output, modality="rgb+flow", mode="train", seed=3)
+        for source in ("memory://reader-test/out",
+                       "memory://reader-test/out/shard-{000000..000002}.tar"):
+            remote = ActprepDataset(source, modality="rgb+flow", mode="train", seed=3)
+            assert remote.read_ahead == 4
+            for epoch in (0, 1):
+                local.set_epoch(epoch)
+                remote.set_epoch(epoch)
+                want, got = list(local), list(remote)
+                assert [s["key"] for s in got] == [s["key"] for s in want]
+                for x, y in zip(want, got):
+                    assert torch.equal(x["rgb"], y["rgb"]) and torch.equal(x["flow"], y["flow"])
+        with pytest.raises(ValueError, match="no such output folder"):
+            ActprepDataset("memory://reader-test/nothing")
+    finally:
+        fs.rm("/reader-test", recursive=True)
+
+
+def test_output_without_range_columns_reads(output, tmp_path):
+    """An output written before tar_offset / tar_bytes: the ranges come from one scan of
+    each tar's headers, then from the cache folder."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(output, old)
+    for path in glob.glob(str(old / "index" / "*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["tar_offset", "tar_bytes"]), path)
+        assert "tar_offset" not in pq.read_schema(path).names
+    cache = tmp_path / "cache"
+    new = ActprepDataset(output, modality="rgb+flow", mode="train", seed=6)
+    for attempt in range(2):
+        legacy = ActprepDataset(str(old), modality="rgb+flow", mode="train", seed=6,
+                                cache_dir=str(cache))
+        assert (legacy.catalog().offset == -1).all()
+        for epoch in (0, 1):
+            new.set_epoch(epoch)
+            legacy.set_epoch(epoch)
+            want, got = list(new), list(legacy)
+            assert [s["key"] for s in got] == [s["key"] for s in want]
+            assert all(torch.equal(x["flow"], y["flow"]) for x, y in zip(want, got))
+        assert np.array_equal(legacy.catalog().offset, new.catalog().offset)
+        assert np.array_equal(legacy.catalog().nbytes, new.catalog().nbytes)
+        # one sidecar per shard that has samples, then reused
+        assert len(list(cache.glob("*.npy"))) == np.count_nonzero(legacy.catalog().counts)
+        tarindex._MEMORY.clear()
+    got = _loader_keys(ActprepDataset(str(old), modality="rgb", seed=6), 2, 2)
+    assert sorted(got) == sorted(KEYS)
+
+
+def test_stock_webdataset_still_reads_the_shards(shards):
+    keys = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+    assert sorted(keys) == sorted(KEYS)
+
+
+def test_reader_refuses_bad_inputs(output, tmp_path):
+    with pytest.raises(ValueError, match="no such output folder"):
+        ActprepDataset(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no committed shard"):
+        ActprepDataset(str(tmp_path))
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "shard-000000.tar").write_bytes(open(os.path.join(output, "shard-000000.tar"),
+                                                 "rb").read())
+    with pytest.raises(ValueError, match="no index at"):
+        ActprepDataset(str(lone), modality="rgb").catalog()
+    assert len(list(ActprepDataset(str(lone), modality="rgb", streaming=True))) >= 1
+    with pytest.raises(ValueError, match="rank must be below"):
+        ActprepDataset(output, rank=3, world_size=3)
+    with pytest.raises(ValueError, match="both rank and world_size"):
+        ActprepDataset(output, rank=1)
+    with pytest.raises(ValueError, match="position"):
+        ActprepDataset(output).set_position(-1)
+    with pytest.raises(ValueError, match="persistent_workers"):
+        make_loader(ActprepDataset(output), 2, 2, persistent_workers=True)
+
+
+def test_verify_checks_the_byte_ranges(output, tmp_path):
+    import shutil
+
+    from actprep.pipelines.verify import verify
+    from actprep.schemas.index import index_footer, write_index
+
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    assert verify(str(copy), workers=1, decode=False).ok  # the ranges commit recorded
+    paths = sorted(glob.glob(str(copy / "index" / "*.parquet")))
+    path = max(paths, key=lambda p: sum(r["status"] == "ok" for r in read_index(p).to_pylist()))
+    data = open(path, "rb").read()
+    rows = read_index(path).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2
+    ok[0]["tar_offset"] += 512
+    write_index(rows, path, tar_bytes=index_footer(data)[1])
+    problems = verify(str(copy), workers=1, decode=False).problems
+    assert [(p.key, p.kind) for p in problems] == [(ok[0]["key"], "range")]
+    ok[0]["tar_offset"] = ok[0]["tar_bytes"] = None  # one ok row without, one with
+    write_index(rows, path, tar_bytes=index_footer(data)[1])
+    problems = verify(str(copy), workers=1, decode=False).problems
+    assert [p.kind for p in problems] == ["index"] and "1 of 2 ok rows" in problems[0].detail
