@@ -8,6 +8,7 @@ size measured in the same run (the bar: peak RSS within 1.5x, time linear).
     python benchmarks/scale.py                          # 10k, 65k, 650k Kinetics rows
     python benchmarks/scale.py --rows 20000,100000 --dataset mit
     python benchmarks/scale.py --plot docs/scale.png --json scale.json
+    python benchmarks/scale.py --rows 10000,650000 --steps plan   # planning only
 
 Each step runs as its own process (``actprep ...`` or ``python -c``), with its peak RSS
 from ``os.wait4``; the work folder is deleted at the end unless --keep.
@@ -29,12 +30,14 @@ STEPS = ("plan", "run", "rerun", "stats", "verify")
 
 
 def measure(cmd: list[str], log: str) -> dict:
-    """Runs ``cmd``; wall seconds, peak RSS in MB and exit status."""
+    """Runs ``cmd``; wall seconds, CPU seconds (user + system: steadier than wall time on
+    a busy machine), peak RSS in MB and exit status."""
     start = time.monotonic()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     return {"seconds": round(time.monotonic() - start, 2),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
             "peak_mb": round(usage.ru_maxrss / 1024, 1),
             "exit": os.waitstatus_to_exitcode(status)}
 
@@ -79,7 +82,8 @@ def write_manifest(path: str, rows: int, dataset: str, clips: list[tuple[str, st
                 f.write(f"{path},{category},3,0\n")
 
 
-def run_size(work: str, rows: int, dataset: str, clips: list, video_root: str) -> dict:
+def run_size(work: str, rows: int, dataset: str, clips: list, video_root: str,
+             steps: tuple[str, ...] = STEPS) -> dict:
     manifest = os.path.join(work, f"{dataset}-{rows}.csv")
     write_manifest(manifest, rows, dataset, clips)
     out = os.path.join(work, f"out-{rows}")
@@ -97,10 +101,14 @@ def run_size(work: str, rows: int, dataset: str, clips: list, video_root: str) -
         "verify": ["actprep", "verify", out, "--json"],
     }
     figures = {"rows": rows}
-    for step in STEPS:
+    for step in steps:
         figures[step] = measure(commands[step], os.path.join(work, f"{step}-{rows}.log"))
         print(f"{dataset} {rows:>8} rows  {step:<7} {figures[step]['seconds']:>8.2f} s  "
+              f"(cpu {figures[step]['cpu_seconds']:>7.2f} s)  "
               f"{figures[step]['peak_mb']:>8.1f} MB  exit {figures[step]['exit']}", flush=True)
+    shutil.rmtree(os.path.join(work, f"plan-{rows}"), ignore_errors=True)
+    if steps != STEPS:
+        return figures
     with open(os.path.join(work, f"rerun-{rows}.log"), encoding="utf-8") as f:
         figures["rerun_said_nothing_to_do"] = "nothing to do" in f.read()
     with open(os.path.join(work, f"stats-{rows}.log"), encoding="utf-8") as f:
@@ -109,24 +117,23 @@ def run_size(work: str, rows: int, dataset: str, clips: list, video_root: str) -
     figures["samples_ok"] = stats["samples_ok"]
     figures["run_ms_per_row"] = round(1000 * figures["run"]["seconds"] / rows, 3)
     shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(os.path.join(work, f"plan-{rows}"), ignore_errors=True)
     return figures
 
 
-def ratios(big: dict, base: dict) -> dict:
+def ratios(big: dict, base: dict, steps: tuple[str, ...] = STEPS) -> dict:
     return {step: {"peak": round(big[step]["peak_mb"] / base[step]["peak_mb"], 2),
                    "seconds": round(big[step]["seconds"] / base[step]["seconds"], 2)}
-            for step in STEPS}
+            for step in steps}
 
 
-def plot(results: list[dict], path: str, dataset: str) -> None:
+def plot(results: list[dict], path: str, dataset: str, steps: tuple[str, ...] = STEPS) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (mem, wall) = plt.subplots(1, 2, figsize=(10, 4))
     rows = [r["rows"] for r in results]
-    for step in STEPS:
+    for step in steps:
         mem.plot(rows, [r[step]["peak_mb"] for r in results], marker="o", label=step)
         wall.plot(rows, [r[step]["seconds"] for r in results], marker="o", label=step)
     for ax, what in ((mem, "peak RSS (MB)"), (wall, "wall time (s)")):
@@ -153,14 +160,20 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--plot", help="also plot peak RSS and wall time to this PNG")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"comma-separated steps to run, in this order: {','.join(STEPS)} "
+                        f"(default all; 'plan' alone measures planning only)")
     args = parser.parse_args()
+    steps = tuple(s for s in STEPS if s in args.steps.split(","))
+    if not steps or set(args.steps.split(",")) - set(STEPS):
+        parser.error(f"--steps: choose among {','.join(STEPS)}")
     sizes = sorted(int(n) for n in args.rows.split(","))
     work = args.work or tempfile.mkdtemp(prefix="actprep-scale-")
     os.makedirs(work, exist_ok=True)
     try:
         video_root = os.path.join(work, "videos")
         clips = make_clips(video_root, CLIPS)
-        results = [run_size(work, n, args.dataset, clips, video_root) for n in sizes]
+        results = [run_size(work, n, args.dataset, clips, video_root, steps) for n in sizes]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -168,9 +181,9 @@ def main() -> int:
                 results[1] if len(results) > 2 else results[0])
     report = {"dataset": args.dataset, "cores": os.cpu_count(), "results": results,
               "baseline_rows": base["rows"], "largest_rows": results[-1]["rows"],
-              "ratios_largest_to_baseline": ratios(results[-1], base)}
+              "ratios_largest_to_baseline": ratios(results[-1], base, steps)}
     print(json.dumps(report["ratios_largest_to_baseline"], indent=1))
-    for r in results:
+    for r in results if steps == STEPS else []:
         ok = r["index_rows"] == r["rows"] and r["samples_ok"] == CLIPS and \
             r["rerun_said_nothing_to_do"] and all(r[s]["exit"] == 0 for s in STEPS[:-1])
         print(f"{r['rows']} rows: {r['run_ms_per_row']} ms per row for the whole run, "
@@ -180,7 +193,7 @@ def main() -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
     if args.plot:
-        plot(results, args.plot, args.dataset)
+        plot(results, args.plot, args.dataset, steps)
     return 0
 
 

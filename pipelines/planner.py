@@ -1,8 +1,9 @@
 """Step 1 of a run: manifest -> label map -> plan, written into the output once.
 
 Planning streams: the manifest is read line by line, the video root listed once into a
-temporary SQLite database (``plansort``), the rows stored there and read back in plan order,
-each entry handed to the plan writer. Memory does not grow with the manifest or the root.
+temporary SQLite database (``plansort``), the rows stored there, checked in key order and
+read back in plan order (class-stratified: ``schemas.plan.SHARD_ORDER``), each entry handed
+to the plan writer. Memory does not grow with the manifest or the root.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from typing import Iterable, Iterator
 from actprep.pipelines import layout, storage
 from actprep.pipelines.options import TRANSIENT, RunOptions
 from actprep.pipelines.planfile import PlanWriter, plan_writer, read_spans
-from actprep.pipelines.plansort import (SqliteVideos, iter_files, manifest_lines, scratch_db,
-                                        sorted_rows, store_rows, text_sha256)
+from actprep.pipelines.plansort import (SqliteVideos, check_stored, iter_files,
+                                        manifest_lines, placed_rows, scratch_db, store_rows,
+                                        text_sha256)
 from actprep.schemas.labels import LabelMap, parse_class_list
 from actprep.schemas.manifest import ManifestError, ManifestRow, check_sorted, iter_manifest
-from actprep.schemas.plan import ShardSpan, plan_entry
+from actprep.schemas.plan import ORDER_SETTING, SHARD_ORDER, ShardSpan, plan_entry
 from actprep.schemas.version import LAYOUT_VERSION
 
 MIT_CATEGORIES = "moments_categories.txt"
@@ -58,9 +60,10 @@ def _class_list_path(opts: RunOptions) -> str | None:
 
 
 def derive_plan(opts: RunOptions, writer: PlanWriter) -> LabelMap:
-    """Lists the video root once, streams the manifest's rows through a scratch database
-    into (key, line) order, checks them and hands each plan entry to ``writer`` (in shard
-    order, as ``make_plan(check_rows(rows))`` would give them); returns the label map."""
+    """Lists the video root once, streams the manifest's rows into a scratch database,
+    checks them there in (key, line) order and hands each plan entry to ``writer`` in
+    shard order (``SHARD_ORDER``), as ``make_plan(check_rows(rows))`` would give them;
+    returns the label map."""
     if opts.shard_size < 1:
         raise ValueError(f"shard size must be at least 1, got {opts.shard_size}")
     with scratch_db() as db:
@@ -72,13 +75,13 @@ def derive_plan(opts: RunOptions, writer: PlanWriter) -> LabelMap:
         class_path = _class_list_path(opts)
         if class_path:
             labels = parse_class_list(_class_text(class_path), class_path)
-            checked = check_sorted(sorted_rows(db), set(labels.names), class_path)
+            check_stored(db, lambda rows: check_sorted(rows, set(labels.names), class_path))
         else:
             labels = LabelMap.from_labels(seen)
-            checked = check_sorted(sorted_rows(db), None)
+            check_stored(db, lambda rows: check_sorted(rows, None))
         root = opts.videos_within()
-        for position, row in enumerate(checked):
-            writer.add(plan_entry(row, position // opts.shard_size, labels, opts.dataset, root))
+        for shard, row in placed_rows(db, opts.shard_size):
+            writer.add(plan_entry(row, shard, labels, opts.dataset, root))
     return labels
 
 
@@ -114,6 +117,7 @@ def shaping(opts: RunOptions, manifest_sha256: str | None = None) -> dict:
     doc["classes_sha256"] = (hashlib.sha256(storage.read_bytes(class_path)).hexdigest()
                              if class_path else None)
     doc["layout_version"] = LAYOUT_VERSION
+    doc[ORDER_SETTING] = SHARD_ORDER
     return resolved(json.loads(json.dumps(doc)))  # tuples -> lists, as read back from JSON
 
 
@@ -131,12 +135,16 @@ def resolved(doc: dict) -> dict:
 
 def load_or_create_plan(opts: RunOptions) -> Plan:
     """The plan in the output if there is one (checked against these options), else a
-    new plan written there. Shard membership never changes under a resumed job."""
+    new plan written there. Shard membership never changes under a resumed job: an output
+    planned by an older actprep, in (key, line) order (no ``shard_order`` in its run.json),
+    resumes with its stored plan."""
     wanted = shaping(opts)
     run_path = storage.join(opts.output, layout.RUN)
     if storage.exists(run_path):
         found = resolved(json.loads(storage.read_text(run_path)))  # older ones: as typed
         diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        if ORDER_SETTING not in found:  # planned in (key, line) order: its plan still holds
+            diff.remove(ORDER_SETTING)
         if opts.allow_ffmpeg_change and FFMPEG in diff:
             diff.remove(FFMPEG)
         if FFMPEG in diff:

@@ -2,8 +2,10 @@
 a temporary SQLite database, so planning holds neither the listing nor the rows in memory.
 
 Held at any time: one read chunk of the manifest, SQLite's page cache (``CACHE_KIB``) and
-its sorter (about the same), one row. A root of 650k files and a manifest of 800k rows cost
-disk in a temporary folder, not RAM; each step is one pass, one sort or an indexed lookup.
+its sorters (about the same each), one row. A root of 650k files and a manifest of 800k rows
+cost disk in a temporary folder, not RAM; each step is one pass, a few sorts or an indexed
+lookup. The rows are checked in (key, line) order (``check_stored``) and read back in plan
+order (``placed_rows``: SQL window functions over the stored rows).
 """
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import hashlib
 import os
 import sqlite3
 import tempfile
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from actprep.pipelines import storage
 from actprep.schemas.manifest import (ManifestError, ManifestRow, links_out_note,
                                       listed_refusal, lookup_names, refusal_below,
                                       video_stem)
+from actprep.schemas.plan import order_hash
 
 CHUNK = 1 << 20  # bytes read from the manifest at a time
 CACHE_KIB = 16000  # SQLite page cache; the sorter's in-memory runs are bounded by it too
@@ -226,16 +229,87 @@ class SqliteVideos:
 
 
 def store_rows(db: sqlite3.Connection, rows: Iterable[ManifestRow]) -> None:
-    """Every row into table ``rows`` of ``db``, streamed."""
+    """Every row into table ``rows`` of ``db``, streamed, with its ``order_hash`` (computed
+    once here, so that ordering compares integers, not calls into Python)."""
     db.execute("CREATE TABLE rows (line INTEGER, key TEXT, path TEXT, label TEXT, "
-               "split TEXT, error TEXT)")
-    _bulk_insert(db, "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?)",
-                 ((r.line, r.key, r.path, r.label, r.split, r.error) for r in rows))
+               "split TEXT, error TEXT, hash INTEGER)")
+    _bulk_insert(db, "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 ((r.line, r.key, r.path, r.label, r.split, r.error, order_hash(r.key))
+                  for r in rows))
 
 
-def sorted_rows(db: sqlite3.Connection) -> Iterator[ManifestRow]:
-    """The stored rows in (key, line) order, as ``make_plan`` sorts them (UTF-8 byte order
-    is code point order), one at a time."""
-    for record in db.execute("SELECT line, key, path, label, split, error FROM rows "
-                             "ORDER BY key, line, rowid"):
-        yield ManifestRow(*record)
+_COLUMNS = "line, key, path, label, split, error"
+
+
+def _keyed_rows(db: sqlite3.Connection) -> Iterator[tuple[int, ManifestRow]]:
+    """(rowid, row) of the stored rows in (key, line) order (UTF-8 byte order is code
+    point order, as Python compares strings), one at a time."""
+    for rowid, *record in db.execute(f"SELECT rowid, {_COLUMNS} FROM rows "
+                                     f"ORDER BY key, line, rowid"):
+        yield rowid, ManifestRow(*record)
+
+
+Check = Callable[[Iterable[ManifestRow]], Iterator[ManifestRow]]
+
+
+def check_stored(db: sqlite3.Connection, check: Check) -> None:
+    """Runs ``check`` (``check_sorted``: one row out per row in, in order) over the stored
+    rows in (key, line) order, the order it needs to find duplicate keys holding one key
+    at a time, and stores the errors it sets. Changed rows go to a side table first (a
+    table is not updated while it is being read), then into ``rows`` by rowid."""
+    db.execute("CREATE TABLE fixes (id INTEGER PRIMARY KEY, error TEXT)")
+    _bulk_insert(db, "INSERT INTO fixes VALUES (?, ?)", _changed_errors(db, check))
+    db.execute("BEGIN")
+    db.execute("UPDATE rows SET error = (SELECT error FROM fixes WHERE fixes.id = rows.rowid) "
+               "WHERE rowid IN (SELECT id FROM fixes)")
+    db.execute("COMMIT")
+    db.execute("DROP TABLE fixes")
+
+
+def _changed_errors(db: sqlite3.Connection, check: Check) -> Iterator[tuple[int, str]]:
+    """(rowid, error) of each row whose error ``check`` changed, streamed."""
+    current: list[tuple[int, ManifestRow]] = []
+
+    def feed() -> Iterator[ManifestRow]:
+        for rowid, row in _keyed_rows(db):
+            current[:] = [(rowid, row)]
+            yield row
+    for checked in check(feed()):
+        rowid, row = current[0]
+        if (checked.key, checked.line) != (row.key, row.line):
+            raise RuntimeError(f"row check out of step at line {row.line}: it must give "
+                               f"one row per row, in order")
+        if checked.error != row.error:
+            yield rowid, checked.error
+
+
+# The plan's order (``schemas.plan.shard_order``) in SQL: rank within the label group by
+# hash, position (rank - 0.5) / group size, global rank by (position, hash, key, line), shard
+# = (global rank - 1) // shard size; read back by (shard, key, line). Three sorts that spill
+# to disk, never rows held in Python. (Sorting only the ordering columns and looking the
+# rows up by rowid afterwards was no faster: SQLite materialises the subquery for the join.)
+_PLACED = f"""
+SELECT shard, {_COLUMNS} FROM (
+    SELECT *, (ROW_NUMBER() OVER (ORDER BY pos, hash, key, line, id) - 1) / :size AS shard
+    FROM (
+        SELECT rowid AS id, {_COLUMNS}, hash,
+               (ROW_NUMBER() OVER grouped - 0.5)
+               / COUNT(*) OVER (grouped ROWS BETWEEN UNBOUNDED PRECEDING
+                                        AND UNBOUNDED FOLLOWING) AS pos
+        FROM rows
+        WINDOW grouped AS (PARTITION BY label ORDER BY hash, key, line, rowid)))
+ORDER BY shard, key, line, id
+"""
+
+
+def placed_rows(db: sqlite3.Connection, shard_size: int) -> Iterator[tuple[int, ManifestRow]]:
+    """(shard, row) of every stored row in shard order, each shard's rows in (key, line)
+    order: ``make_plan``'s placement, streamed one row at a time. A sorter keeps up to the
+    page cache's size in memory and the query runs three at once, so the cache is cut to a
+    third meanwhile: planning's peak stays that of one sort."""
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB // 3}")
+    try:
+        for shard, *record in db.execute(_PLACED, {"size": shard_size}):
+            yield shard, ManifestRow(*record)
+    finally:
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")

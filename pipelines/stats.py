@@ -6,11 +6,18 @@ never the whole index.
 
 Only committed shards count (an index without its tar is a commit in progress).
 ``--json`` prints one object; ``--html FILE`` writes a self-contained report with plots.
+
+Per shard it also reports how its ok samples mix classes (``ShardMix``): the number of
+classes and the largest class's share, flagged as badly mixed by ``MIX_RULE``
+(``shard_table`` rows: ``classes``, ``top_class``, ``top_share``, ``badly_mixed``; the
+flagged ones under ``shards_badly_mixed``). A shard keeps four numbers for it, so memory
+grows with classes and shards, not rows.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import re
 import sys
@@ -25,7 +32,7 @@ from actprep.pipelines.bounded import imap
 from actprep.pipelines.planfile import PlanError, read_spans
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
-from actprep.schemas.plan import shard_name
+from actprep.schemas.plan import ORDER_SETTING, shard_name
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 # what the figures use: reading and filtering only these is 2x faster than the whole index
@@ -39,6 +46,16 @@ DISTRIBUTIONS = ("duration", "fps", "flow_magnitude", "audio_rms_dbfs")
 # grouping dominate at one shard a call, and a batch is still a few MB
 BATCH_ROWS = 50_000
 MISSING_NAMED = 20  # planned shards not committed named in the report; the rest counted
+# A shard is badly mixed when its largest class holds more than twice the samples that
+# class's share of the split gives the shard, plus 3: the class-stratified plan keeps every
+# class within a sample or two of its share; a shard cut from key-sorted class folders holds
+# one or two classes. Counted on ok samples with a label; an unlabelled output has no flags.
+# Only the largest class is judged (four numbers a shard): a class over-represented while
+# another is larger goes unflagged, and no class over half the split can be flagged.
+MIX_FACTOR, MIX_SLACK = 2, 3
+MIX_RULE = (f"largest class over {MIX_FACTOR}x its share of the split "
+            f"plus {MIX_SLACK} samples")
+OLD_ORDER = "key-sorted"  # the shard order of outputs whose run.json does not name one
 _COVERAGE = {"rgb": "frames", "flow": "flow_pairs", "mfcc": "mfcc_frames",
              "vggish": "vggish_examples"}
 
@@ -125,6 +142,55 @@ def _classes(counts: dict[str, int], labels: LabelMap | None,
             "classes_under_threshold": sorted(n for n, v in full.items() if 0 < v < threshold)}
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardMix:
+    """How one shard's labelled ok samples spread over classes: their number, the number
+    of classes and the largest class (ties: the first name) with its count."""
+
+    samples: int = 0
+    classes: int = 0
+    top: str | None = None
+    top_count: int = 0
+
+    def merged(self, other: "ShardMix") -> "ShardMix":
+        """These figures and ``other``'s, of other classes, together."""
+        mine, theirs = (-self.top_count, self.top or ""), (-other.top_count, other.top or "")
+        top = self if mine <= theirs else other
+        return ShardMix(self.samples + other.samples, self.classes + other.classes,
+                        top.top, top.top_count)
+
+    def badly_mixed(self, split: dict[str, int], total: int) -> bool:
+        """``MIX_RULE`` against the split's ok samples per class (``total`` of them)."""
+        if not self.samples or not total:
+            return False
+        expected = self.samples * split.get(self.top, 0) / total
+        return self.top_count > MIX_FACTOR * expected + MIX_SLACK
+
+    def figures(self, split: dict[str, int], total: int) -> dict[str, Any]:
+        """The shard table's class columns."""
+        share = round(self.top_count / self.samples, 4) if self.samples else None
+        return {"classes": self.classes, "top_class": self.top, "top_share": share,
+                "badly_mixed": self.badly_mixed(split, total)}
+
+
+def _shard_mixes(labelled: pa.Table) -> dict[str, ShardMix]:
+    """Each shard's ``ShardMix`` from its labelled ok rows: rows per (shard, label) counted
+    and sorted by pyarrow (largest class first, ties by name), so Python touches one row
+    per shard, not one per class of every shard."""
+    if labelled.num_rows == 0:
+        return {}
+    pairs = labelled.group_by(["shard", "label"]).aggregate([("label", "count")]).sort_by(
+        [("shard", "ascending"), ("label_count", "descending"), ("label", "ascending")])
+    shards = pairs["shard"].to_numpy(zero_copy_only=False)
+    counts = pairs["label_count"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+    classes = np.diff(np.r_[starts, len(shards)])
+    samples = np.add.reduceat(counts, starts)
+    tops = pairs["label"].take(pa.array(starts)).to_pylist()
+    return {shards[i]: ShardMix(int(n), int(c), top, int(counts[i]))
+            for i, n, c, top in zip(starts, samples, classes, tops)}
+
+
 class Aggregate:
     """The figures of the report, accumulated a table (a shard) at a time: counts, sums
     and groups, plus the ok values of ``DISTRIBUTIONS`` for exact quantiles."""
@@ -136,6 +202,7 @@ class Aggregate:
         self.stages = Groups()
         self.shards = Groups()  # (shard, status)
         self.labels = Groups()
+        self.mix: dict[str, ShardMix] = {}
         self.valid: collections.Counter[str] = collections.Counter()  # coverage: ok rows with it
         self.sums = {"duration": 0.0, "frames": 0, "flow_pairs": 0}
         self.values: dict[str, list[np.ndarray]] = {name: [] for name in DISTRIBUTIONS}
@@ -153,7 +220,9 @@ class Aggregate:
                                                "source_path", "key"))))
         self.stages.update(_groups(failed, "failure_stage"))
         self.shards.update(_groups(table, "shard", "status"))
-        self.labels.update(_groups(ok.filter(pc.is_valid(ok["label"])), "label"))
+        labelled = ok.filter(pc.is_valid(ok["label"]))
+        self.labels.update(_groups(labelled, "label"))
+        self._add_mix(labelled)
         for column in _COVERAGE.values():
             self.valid[column] += ok.num_rows - ok[column].null_count
         self.valid["audio"] += pc.sum(pc.fill_null(ok["has_audio"], False)).as_py() or 0
@@ -166,14 +235,26 @@ class Aggregate:
         self.source.update(_groups(ok.filter(pc.is_valid(ok["source_width"])),
                                    "source_width", "source_height"))
 
+    def _add_mix(self, labelled: pa.Table) -> None:
+        """Each shard's class figures from its labelled ok rows. Exact when ``add`` gets
+        whole shards, as ``output_stats`` and ``compute`` give them; rows naming a shard
+        seen in an earlier batch (a damaged index: verify names it) count as further
+        classes of it."""
+        for shard, mix in _shard_mixes(labelled).items():
+            self.mix[shard] = self.mix[shard].merged(mix) if shard in self.mix else mix
+
     def result(self, shard_bytes: dict[str, int], labels: LabelMap | None = None,
                min_class_samples: int | None = None) -> dict[str, Any]:
         """Every figure of the report as plain JSON-able values."""
         per_shard = collections.defaultdict(lambda: {"ok": 0, "failed": 0})
         for (shard, status), n in self.shards.items():
             per_shard[shard]["ok" if status == OK else "failed"] += n
+        split = {k[0]: v for k, v in self.labels.items()}
+        total = sum(split.values())
         shards = [{"shard": name, **per_shard.get(name, {"ok": 0, "failed": 0}),
-                   "bytes": shard_bytes[name]} for name in sorted(shard_bytes)]
+                   "bytes": shard_bytes[name],
+                   **self.mix.get(name, ShardMix()).figures(split, total)}
+                  for name in sorted(shard_bytes)]
         values = {name: np.concatenate(arrays) if arrays else np.empty(0)
                   for name, arrays in self.values.items()}
         fps = Groups({(float(v),): int(n) for v, n in zip(*np.unique(values["fps"],
@@ -205,6 +286,8 @@ class Aggregate:
             "audio_rms_dbfs": _distribution(values["audio_rms_dbfs"]),
             "histograms": {name: _histogram(values[name]) for name in DISTRIBUTIONS},
             "shard_table": shards,
+            "shards_badly_mixed": [row["shard"] for row in shards if row["badly_mixed"]],
+            "shard_mix_rule": MIX_RULE,
         }
 
 
@@ -252,8 +335,18 @@ def output_stats(output: str, labels: LabelMap | None = None,
     if batch:
         aggregate.add(pa.concat_tables(batch))
     result = aggregate.result(_shard_sizes(tars), labels, min_class_samples)
-    return {**result, "damaged": damaged, **_missing(output, set(tars) | {
-        int(name[len("shard-"):]) for name in damaged})}
+    return {**result, "damaged": damaged, "shard_order": _shard_order(output),
+            **_missing(output, set(tars) | {int(name[len("shard-"):]) for name in damaged})}
+
+
+def _shard_order(output: str) -> str | None:
+    """How the output's plan ordered rows into shards: run.json's ``shard_order``,
+    ``OLD_ORDER`` when it has none (planned by an older actprep), None when unreadable."""
+    try:
+        run = json.loads(storage.read_text(storage.join(output, layout.RUN)))
+    except (OSError, ValueError):
+        return None
+    return run.get(ORDER_SETTING, OLD_ORDER) if isinstance(run, dict) else None
 
 
 def _missing(output: str, committed: set[int]) -> dict[str, Any]:
@@ -306,12 +399,29 @@ def render_text(stats: dict[str, Any], output: str) -> str:
         if stats[name]:
             lines.append(f"{name.replace('_', ' ')}: " + ", ".join(
                 f"{k} {v}" for k, v in list(stats[name].items())[:8]))
-    lines.append("shard            ok  failed        bytes")
+    lines += _mix_warning(stats)
+    lines.append("shard            ok  failed        bytes  classes  top share")
     for row in stats["shard_table"][:50]:
-        lines.append(f"{row['shard']}  {row['ok']:>5}  {row['failed']:>6}  {row['bytes']:>11}")
+        share = "-" if row["top_share"] is None else f"{row['top_share']:.0%}"
+        lines.append(f"{row['shard']}  {row['ok']:>5}  {row['failed']:>6}  {row['bytes']:>11}"
+                     f"  {row['classes']:>7}  {share:>9}"
+                     + ("  badly mixed" if row["badly_mixed"] else ""))
     if len(stats["shard_table"]) > 50:
         lines.append(f"... {len(stats['shard_table']) - 50} more shards (--json for all)")
     return "\n".join(lines)
+
+
+def _mix_warning(stats: dict[str, Any]) -> list[str]:
+    """The warning line about badly mixed shards, if any."""
+    flagged = stats["shards_badly_mixed"]
+    if not flagged:
+        return []
+    names = ", ".join(flagged[:MISSING_NAMED]) + (" ..." if len(flagged) > MISSING_NAMED else "")
+    why = (" (planned by an older actprep, in key order: a new output is planned "
+           "class-stratified)" if stats.get("shard_order") == OLD_ORDER else "")
+    return [f"WARNING: {len(flagged)} of {stats['shards']} shards are badly mixed "
+            f"({stats['shard_mix_rule']}): a trainer shuffling shards sees few classes at a "
+            f"time{why}: {names}"]
 
 
 def _labels(output: str) -> LabelMap | None:

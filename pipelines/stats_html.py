@@ -114,8 +114,16 @@ def render(stats: dict[str, Any], output: str) -> str:
         ax.set_xlabel("shard")
         ax.set_title("shard sizes")
         parts.append(_png(fig))
-    parts.append(_table(["shard", "ok", "failed", "bytes"],
-                        [[r["shard"], r["ok"], r["failed"], r["bytes"]] for r in table[:500]]))
+    flagged = stats["shards_badly_mixed"]
+    names = ", ".join(flagged[:20]) + (" ..." if len(flagged) > 20 else "")
+    parts.append(f"<p{' class=warn' if flagged else ''}>{len(flagged)} of {len(table)} "
+                 f"badly mixed ({html.escape(stats['shard_mix_rule'])})"
+                 f"{': ' + html.escape(names) if flagged else ''}</p>")
+    parts.append(_table(
+        ["shard", "ok", "failed", "bytes", "classes", "top class", "top share", "mix"],
+        [[r["shard"], r["ok"], r["failed"], r["bytes"], r["classes"], r["top_class"] or "-",
+          "-" if r["top_share"] is None else f"{r['top_share']:.0%}",
+          "badly mixed" if r["badly_mixed"] else ""] for r in table[:500]]))
     if len(table) > 500:
         parts.append(f"<p>... {len(table) - 500} more shards (actprep stats --json)</p>")
     return (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>actprep stats</title>"

@@ -137,7 +137,9 @@ def test_a_transient_fault_is_retried_and_changes_nothing(run_cli, media, refere
 
 def test_a_bug_is_recorded_exits_4_and_a_plain_rerun_retries_it(run_cli, media, reference,
                                                                  tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("ACTPREP_FAULT_AT", "bug@process:extract:3")
+    # the second video to arrive: the third of shard-000000 in plan order is the garbage
+    # clip4 (it reaches extract too), whose retry would fail in probe, not end ok
+    monkeypatch.setenv("ACTPREP_FAULT_AT", "bug@process:extract:2")
     faults._arrivals.clear()
     out = tmp_path / "out"
     assert run_cli(_args(media, out)) == exitcodes.FAILURES

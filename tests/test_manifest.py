@@ -473,7 +473,7 @@ def test_kinetics_id_with_a_dot_is_flagged():
     assert rows[0].error and "ab.cd_000001_000002" in rows[0].error
 
 
-def test_check_sorted_streams_check_rows_in_plan_order():
+def test_check_sorted_streams_check_rows_in_key_order():
     rows = [
         ManifestRow(2, "k1", "k1.mp4", "a", "train"),
         ManifestRow(3, "bad.key", "bad.key.mp4", "a", "train"),

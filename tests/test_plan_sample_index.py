@@ -18,7 +18,7 @@ from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.schemas.index import FIELDS, INDEX_SCHEMA, index_table, read_index, write_index
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.manifest import ManifestRow
-from actprep.schemas.plan import PlanEntry, join_root, make_plan, shard_name
+from actprep.schemas.plan import PlanEntry, join_root, make_plan, order_hash, shard_name
 from actprep.schemas.sample import (
     CLS,
     JSON,
@@ -53,19 +53,23 @@ def _rows():
 def test_make_plan_order_shards_labels_paths_errors():
     labels = LabelMap(("b", "a"), "class list c.txt")
     plan = make_plan(_rows(), labels, "kinetics", "/data/videos/", 3)
+    # by label, ranked by order_hash: a: k_a/2, k_a/7, k_e at 1/6, 3/6, 5/6; b: k_c, k_f at
+    # 1/4, 3/4; None: k_b and zz: k_d at 1/2. Ties at 1/2 by hash: k_a/7, k_d, k_b. Shards of
+    # 3 cut from k_a/2 k_c k_a/7 | k_d k_b k_f | k_e; each shard in (key, line) order.
+    assert order_hash("k_a") < order_hash("k_d") < order_hash("k_b")
     assert [(e.key, e.line) for e in plan] == [
-        ("k_a", 2), ("k_a", 7), ("k_b", 9), ("k_c", 5), ("k_d", 4), ("k_e", 3), ("k_f", 6)]
+        ("k_a", 2), ("k_a", 7), ("k_c", 5), ("k_b", 9), ("k_d", 4), ("k_f", 6), ("k_e", 3)]
     assert [e.shard for e in plan] == [0, 0, 0, 1, 1, 1, 2]  # last shard partial
-    assert [e.label_index for e in plan] == [1, 1, None, 0, None, 1, 0]
+    assert [e.label_index for e in plan] == [1, 1, 0, None, None, 0, 1]
     assert [e.path for e in plan] == [
-        "/data/videos/a.mp4", "/data/videos/a.mp4", "/data/videos/b.mkv",
-        "/data/videos/train/c.mp4", "gs://bucket/d.mp4", None, "/abs/f.webm"]
+        "/data/videos/a.mp4", "/data/videos/a.mp4", "/data/videos/train/c.mp4",
+        "/data/videos/b.mkv", "gs://bucket/d.mp4", "/abs/f.webm", None]
     assert plan[1].error == "duplicate key k_a (first at line 2)"
     assert plan[4].error == "unknown label 'zz'"
-    assert plan[5].error == "video not found: k_e"
+    assert plan[6].error == "video not found: k_e"
     assert [e.error for e in plan].count(None) == 4
     assert {e.dataset for e in plan} == {"kinetics"}
-    assert [e.split for e in plan] == ["train", "train", "test", "train", "train", "train", "val"]
+    assert [e.split for e in plan] == ["train", "train", "train", "test", "train", "val", "train"]
 
 
 def test_make_plan_does_not_depend_on_row_order():
@@ -346,9 +350,12 @@ def test_planner_creates_then_reuses(kinetics_run):
         assert os.path.isfile(os.path.join(opts.output, name))
     assert first.labels.names == ("abseiling", "passing American football (in game)", "zumba")
     entries = list(iter_entries(opts.output))
-    assert [e.key for e in entries] == sorted(e.key for e in entries)
     assert first.entries == len(entries) == 5 and first.shards == 3
-    assert [e.shard for e in entries] == [0, 0, 1, 1, 2]
+    # class-stratified: the three abseiling rows go one to each shard, in key order within
+    assert [(e.shard, e.key) for e in entries] == [
+        (0, "Avi_1_2_3_000001_000011"), (0, "flat_vid_01_000005_000015"),
+        (1, "-aBc_DeF-12_000010_000020"), (1, "zz_id_00001_000000_000010"),
+        (2, "Not_There_1_000001_000011")]
     by_key = {e.key: e for e in entries}
     e = by_key["-aBc_DeF-12_000010_000020"]
     assert e.path == opts.video_root + "/train/abseiling/-aBc_DeF-12_000010_000020.mkv"
@@ -356,6 +363,7 @@ def test_planner_creates_then_reuses(kinetics_run):
     assert "video not found" in by_key["Not_There_1_000001_000011"].error
     run = json.loads(open(os.path.join(opts.output, layout.RUN)).read())
     assert run["shard_size"] == 2 and "manifest_sha256" in run and "output" not in run
+    assert run["shard_order"] == "stratified-1"
     plan_lines = open(os.path.join(opts.output, layout.PLAN)).read().splitlines()
     assert [PlanEntry.from_json(x) for x in plan_lines] == entries
 

@@ -82,6 +82,16 @@ def test_stats_json(output, run_cli, capsys):
     # ffmpeg's sine source: amplitude 1/8, so RMS 1/(8 sqrt 2) = -21.1 dBFS
     assert s["audio_rms_dbfs"]["median"] == pytest.approx(-21.1, abs=0.3)
     assert [r["ok"] + r["failed"] for r in s["shard_table"]] == [2, 2]
+    # each shard's classes and largest class, as its ok rows in the index have them; none
+    # flagged (shards of 2 never are: the rule allows 3 samples over twice the share)
+    table, _ = load_index(str(output))
+    for row in s["shard_table"]:
+        labels = [r["label"] for r in table.to_pylist()
+                  if r["shard"] == row["shard"] and r["status"] == "ok"]
+        top = max(labels.count(x) for x in labels)
+        assert (row["classes"], row["top_share"]) == (len(set(labels)),
+                                                      round(top / len(labels), 4))
+    assert s["shards_badly_mixed"] == [] and s["shard_order"] == "stratified-1"
     assert sum(s["histograms"]["duration"]["counts"]) == 3
 
 
@@ -95,6 +105,7 @@ def test_stats_text_and_html(output, run_cli, capsys, tmp_path):
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= 6
     assert not re.search(r'(src|href)="(http|//)', page)  # self-contained
     assert "Invalid data found when processing input" in page
+    assert "0 of 2 badly mixed (largest class over 2x its share of the split" in page
 
 
 def test_stats_ignores_an_index_without_its_shard(output, run_cli, capsys, tmp_path):
@@ -136,7 +147,9 @@ def test_failure_reasons_group_without_keys():
             for i, key in enumerate(["a_1", "b_2", "c_3"])]
     s = compute(index_table(rows), {"shard-000000": 1024})
     assert s["failures"] == {"manifest: video not found: no <key>.mp4": 3}
-    assert s["shard_table"] == [{"shard": "shard-000000", "ok": 0, "failed": 3, "bytes": 1024}]
+    assert s["shard_table"] == [{"shard": "shard-000000", "ok": 0, "failed": 3, "bytes": 1024,
+                                 "classes": 0, "top_class": None, "top_share": None,
+                                 "badly_mixed": False}]
 
 
 def test_streamed_stats_equal_the_whole_table(output, monkeypatch):
@@ -147,9 +160,10 @@ def test_streamed_stats_equal_the_whole_table(output, monkeypatch):
     streamed = output_stats(str(output), labels)
     # what only the streamed reading reports: the output's damage and missing shards
     checks = {k: streamed.pop(k) for k in ("damaged", "shards_planned", "shards_missing",
-                                           "shards_missing_names")}
+                                           "shards_missing_names", "shard_order")}
     assert streamed == whole
     assert checks["damaged"] == {} and checks["shards_missing"] == 0
+    assert checks["shard_order"] == "stratified-1"
     monkeypatch.setattr(stats, "BATCH_ROWS", 1)
     streamed = output_stats(str(output), labels, workers=1)
     assert {k: v for k, v in streamed.items() if k not in checks} == whole

@@ -19,6 +19,9 @@ from actprep.schemas.index import read_index, write_index
 from conftest import LOCAL_BEAM
 
 KEYS = ["v0", "v1", "v2", "v3"]  # v1, v3 without audio; "bad" (garbage) fails
+# the fixture's shards (size 2, class-stratified plan; a: bad v0 v2, b: v1 v3), each in key
+# order: bad v3 | v0 v1 | v2 (test_fixture_shards checks it)
+SHARDS = [["bad", "v3"], ["v0", "v1"], ["v2"]]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,13 @@ def member_offsets(tar_path: str, name: str) -> tuple[int, int, int]:
         return m.offset, m.offset_data, m.size
 
 
+def test_fixture_shards(output):
+    """The membership the tests below are written for, from the plan."""
+    entries = [json.loads(line) for line in open(os.path.join(output, "plan.jsonl"))]
+    assert [[e["key"] for e in entries if e["shard"] == n] for n in range(3)] == SHARDS
+    assert [e["key"] for e in entries] == [key for shard in SHARDS for key in shard]
+
+
 def test_clean_output_verifies(output, capsys):
     code, report = verify_json(output, capsys)
     assert code == 0, report["problems"]
@@ -97,35 +107,35 @@ def test_flipped_jpeg_byte(copy, capsys):
         f.write(bytes([byte[0] ^ 0xFF]))
     code, report = verify_json(copy, capsys)
     assert code == 1
-    assert ("shard-000001", "v2", "sha256") in kinds(report)
+    assert ("shard-000002", "v2", "sha256") in kinds(report)
     assert {p["kind"] for p in report["problems"]} <= {"sha256", "decode"}
     main([copy])
-    assert "shard-000001.tar: sample v2: sha256 mismatch" in capsys.readouterr().out
+    assert "shard-000002.tar: sample v2: sha256 mismatch" in capsys.readouterr().out
 
 
 def test_truncated_tar(copy, capsys):
-    path = shard_of(copy, "v1")
-    _, data, size = member_offsets(path, "v1.rgb.000003.jpg")
+    path = shard_of(copy, "v0")
+    _, data, size = member_offsets(path, "v0.rgb.000003.jpg")
     with open(path, "r+b") as f:
         f.truncate(data + size // 2)
     code, report = verify_json(copy, capsys)
     assert code == 1
     (corrupt,) = [p for p in report["problems"] if p["kind"] == "corrupt"]
-    assert corrupt["shard"] == "shard-000001" and corrupt["key"] == "v1"
-    assert "v1.rgb.000003.jpg" in corrupt["detail"] and "not reached: 1" in corrupt["detail"]
-    assert len(report["problems"]) == 1  # v1 is incomplete, v2 not reached: no other noise
+    assert corrupt["shard"] == "shard-000001" and corrupt["key"] == "v0"
+    assert "v0.rgb.000003.jpg" in corrupt["detail"] and "not reached: 1" in corrupt["detail"]
+    assert len(report["problems"]) == 1  # v0 is incomplete, v1 not reached: no other noise
 
 
 def test_tar_without_end_blocks_or_with_trailing_data(copy, capsys):
     last = os.path.join(copy, "shard-000002.tar")
-    _, data, size = member_offsets(last, "v3.json")
+    _, data, size = member_offsets(last, "v2.json")
     with open(last, "r+b") as f:  # cut right after the last member's padding
         f.truncate(data + size + (-size % 512))
     with open(os.path.join(copy, "shard-000000.tar"), "ab") as f:
         f.write(b"junk")
     code, report = verify_json(copy, capsys)
     assert code == 1
-    assert kinds(report) == {("shard-000002", "v3", "corrupt"), ("shard-000000", "v0", "corrupt")}
+    assert kinds(report) == {("shard-000002", "v2", "corrupt"), ("shard-000000", "v3", "corrupt")}
     details = " ".join(p["detail"] for p in report["problems"])
     assert "without its end-of-archive blocks" in details and "data after" in details
 
@@ -175,7 +185,7 @@ def test_header_deviation(copy, capsys):
     code, report = verify_json(copy, capsys)
     assert code == 1
     (problem,) = report["problems"]
-    assert (problem["shard"], problem["key"], problem["kind"]) == ("shard-000000", "v0", "header")
+    assert (problem["shard"], problem["key"], problem["kind"]) == ("shard-000001", "v0", "header")
     assert "v0.mfcc.npy" in problem["detail"] and "mtime 1234567" in problem["detail"]
 
 
@@ -186,7 +196,7 @@ def test_bad_header_checksum_is_corrupt(copy, capsys):
         f.seek(header + 140)  # inside mtime, checksum not updated
         f.write(b"7")
     code, report = verify_json(copy, capsys)
-    assert kinds(report) == {("shard-000000", None, "corrupt")}
+    assert kinds(report) == {("shard-000001", None, "corrupt")}
     assert "after member v0.cls" in report["problems"][0]["detail"]
 
 
@@ -198,11 +208,11 @@ def test_npy_replaced_by_garbage(copy, capsys):
         f.write(np.random.default_rng(0).bytes(size))
     code, report = verify_json(copy, capsys)
     assert code == 1
-    assert kinds(report) == {("shard-000001", "v2", "sha256"), ("shard-000001", "v2", "decode")}
+    assert kinds(report) == {("shard-000002", "v2", "sha256"), ("shard-000002", "v2", "decode")}
     decode = next(p for p in report["problems"] if p["kind"] == "decode")
     assert "v2.mfcc.npy does not load" in decode["detail"]
     code, report = verify_json(copy, capsys, "--no-decode")  # the hash still catches it
-    assert kinds(report) == {("shard-000001", "v2", "sha256")}
+    assert kinds(report) == {("shard-000002", "v2", "sha256")}
 
 
 def _rewrite_index(out: str, shard: str, edit) -> None:
@@ -214,25 +224,25 @@ def _rewrite_index(out: str, shard: str, edit) -> None:
 
 
 def test_index_disagrees_with_plan_and_tar(copy, capsys):
-    def drop_v0_and_relabel_bad(rows):
+    def relabel_bad(rows):
         for r in rows:
             if r["key"] == "bad":
                 r["label_index"] = 1
-        return [r for r in rows if r["key"] != "v0"]
-    _rewrite_index(copy, "shard-000000", drop_v0_and_relabel_bad)
+        return rows
+    _rewrite_index(copy, "shard-000000", relabel_bad)
 
-    def bad_cls(rows):
+    def drop_v0_and_bad_cls(rows):
         for r in rows:
             if r["key"] == "v1":
                 r["label_index"] = 0  # plan says 1, the tar's v1.cls says 1
-        return rows
-    _rewrite_index(copy, "shard-000001", bad_cls)
+        return [r for r in rows if r["key"] != "v0"]
+    _rewrite_index(copy, "shard-000001", drop_v0_and_bad_cls)
     code, report = verify_json(copy, capsys)
     assert code == 1
     assert kinds(report) == {
-        ("shard-000000", "v0", "index"),             # line of v0 has no row
+        ("shard-000001", "v0", "index"),             # line of v0 has no row
         ("shard-000000", "bad", "index"),            # label_index differs from the plan
-        ("shard-000000", "v0", "sample-unindexed"),  # v0's members without an ok row
+        ("shard-000001", "v0", "sample-unindexed"),  # v0's members without an ok row
         ("shard-000001", "v1", "index"),
         ("shard-000001", "v1", "content"),           # v1.cls is 1
     }
@@ -244,7 +254,7 @@ def test_failed_row_with_members(copy, capsys):
             if r["key"] == "v2":
                 r.update(status="failed", failure_stage="decode", failure_reason="x")
         return rows
-    _rewrite_index(copy, "shard-000001", fail_v2)
+    _rewrite_index(copy, "shard-000002", fail_v2)
     code, report = verify_json(copy, capsys)
     (problem,) = report["problems"]
     assert (problem["key"], problem["kind"]) == ("v2", "sample-unindexed")
@@ -254,12 +264,12 @@ def test_failed_row_with_members(copy, capsys):
 def test_unparseable_plan_line_is_a_problem_of_its_shard(copy, capsys):
     path = os.path.join(copy, "plan.jsonl")
     lines = open(path, "rb").read().splitlines(keepends=True)
-    assert json.loads(lines[2])["key"] == "v1"  # shards of 2 in key order: bad v0 | v1 v2 | v3
+    assert json.loads(lines[2])["key"] == "v0"  # the first line of shard-000001 (SHARDS)
     lines[2] = b"#" * (len(lines[2]) - 1) + b"\n"  # same length: the spans still hold
     open(path, "wb").write(b"".join(lines))
     code, report = verify_json(copy, capsys)
     assert code == 1
-    assert kinds(report) == {("shard-000001", None, "plan"), ("shard-000001", "v1", "index")}
+    assert kinds(report) == {("shard-000001", None, "plan"), ("shard-000001", "v0", "index")}
     plan = next(p for p in report["problems"] if p["kind"] == "plan")
     assert plan["detail"].startswith("plan.jsonl:3: ")
     assert report["shards"] == 3  # every shard still checked
@@ -314,14 +324,14 @@ def test_cut_jpeg_and_misordered_members(copy, capsys):
     def damage(members):
         names = [n for n, _ in members]
         members = [(n, d[:len(d) // 2] if n == "v1.rgb.000001.jpg" else d) for n, d in members]
-        i, j = names.index("v2.mfcc.npy"), names.index("v2.json")
+        i, j = names.index("v0.mfcc.npy"), names.index("v0.json")
         members[i], members[j] = members[j], members[i]
         return members
     _rebuild(os.path.join(copy, "shard-000001.tar"), damage)
     code, report = verify_json(copy, capsys)
     assert code == 1
     assert kinds(report) == {("shard-000001", "v1", k) for k in ("decode", "bytes", "sha256")} | \
-        {("shard-000001", "v2", k) for k in ("order", "sha256")}
+        {("shard-000001", "v0", k) for k in ("order", "sha256")}
     decode = next(p for p in report["problems"] if p["kind"] == "decode")
     assert "v1.rgb.000001.jpg is not a complete JPEG" in decode["detail"]
 
