@@ -640,3 +640,85 @@ def test_verify_checks_the_byte_ranges(output, tmp_path):
     write_index(rows, path, tar_bytes=index_footer(data)[1])
     problems = verify(str(copy), workers=1, decode=False).problems
     assert [p.kind for p in problems] == ["index"] and "1 of 2 ok rows" in problems[0].detail
+
+
+def _ddp_rank(rank: int, world: int, output: str, port: int, folder: str, crash_after: int
+              ) -> None:
+    """One rank of a DDP run of READER.md's loop shape, without a model: the keys it trains
+    on go to a file per rank and attempt, the position to a checkpoint after every batch;
+    with ``crash_after`` the process dies (no cleanup) after that many batches."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ckpt = os.path.join(folder, f"ckpt{rank}.json")
+    start_epoch, position = 0, 0
+    if os.path.exists(ckpt):
+        with open(ckpt) as f:
+            start_epoch, position = json.load(f)
+    ds = ActprepDataset(output, modality="rgb", mode="train", seed=7)  # rank, world: dist's
+    loader = make_loader(ds, batch_size=1, num_workers=0)
+    log = os.path.join(folder, f"keys{rank}.{'resumed' if position else 'first'}.jsonl")
+    with open(log, "a") as out:
+        for epoch in range(start_epoch, 2):
+            ds.set_epoch(epoch)
+            if epoch == start_epoch:
+                ds.set_position(position)
+            done = ds.position
+            for step, batch in enumerate(loader, 1):
+                out.write(json.dumps([epoch, batch["key"]]) + "\n")
+                out.flush()
+                done += len(batch["key"])
+                with open(ckpt + ".tmp", "w") as f:
+                    json.dump([epoch, done], f)
+                os.replace(ckpt + ".tmp", ckpt)
+                dist.barrier()
+                if crash_after and epoch == 1 and step == crash_after:
+                    os._exit(3)  # a preempted rank: no cleanup
+            with open(ckpt, "w") as f:
+                json.dump([epoch + 1, 0], f)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_run_killed_and_resumed_trains_each_sample_once(output, tmp_path):
+    """Two real DDP ranks (gloo, spawned processes) killed in their second epoch and
+    restarted: with the checkpointed position each rank trains on exactly its part of each
+    epoch, once, the parts equal in size and covering every ok sample."""
+    import torch.multiprocessing as mp
+
+    world = 2
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    killed.mkdir(), clean.mkdir()
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_ddp_rank, (world, output, _free_port(), str(killed), 1), nprocs=world)
+    mp.spawn(_ddp_rank, (world, output, _free_port(), str(killed), 0), nprocs=world)
+    mp.spawn(_ddp_rank, (world, output, _free_port(), str(clean), 0), nprocs=world)
+
+    def trained(folder, rank, *attempts) -> list[tuple[int, str]]:
+        """(epoch, key) of every sample the rank trained on, attempt after attempt."""
+        rows = []
+        for attempt in attempts:
+            for line in open(folder / f"keys{rank}.{attempt}.jsonl"):
+                epoch, keys = json.loads(line)
+                rows += [(epoch, key) for key in keys]
+        return rows
+
+    for rank in range(world):
+        assert trained(killed, rank, "first", "resumed") == trained(clean, rank, "first")
+        expected = ActprepDataset(output, modality="rgb", mode="train", seed=7, rank=rank,
+                                  world_size=world)
+        for epoch in (0, 1):
+            expected.set_epoch(epoch)
+            assert [k for e, k in trained(clean, rank, "first") if e == epoch] == \
+                expected.keys()
+    for epoch in (0, 1):
+        parts = [[k for e, k in trained(clean, r, "first") if e == epoch] for r in range(world)]
+        assert len(parts[0]) == len(parts[1]) and set(parts[0] + parts[1]) == set(KEYS)
