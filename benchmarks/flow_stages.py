@@ -50,10 +50,7 @@ def load_pairs(data: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def grid_sample_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """The warp of non-CPU devices, run on the CPU."""
-    _, _, h, w = img.shape
-    xs = torch.arange(w, dtype=img.dtype).view(1, 1, w)
-    ys = torch.arange(h, dtype=img.dtype).view(1, h, 1)
-    return tv._grid_sample_cubic(img, xs + flow[:, 0], ys + flow[:, 1])
+    return tv._grid_sample_cubic(img, *tv._sample_coords(img, flow))
 
 
 def timed(times: dict[str, float], stage: str, fn: Callable) -> Callable:

@@ -179,14 +179,18 @@ def _warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     OpenCV 5's ``remap(INTER_CUBIC, BORDER_CONSTANT)`` (it does not round the coordinates to
     1/32 px). On the CPU that ``remap`` itself (both eager and compiled paths, so they agree
     bit for bit); elsewhere ``grid_sample`` (equal to ~1e-5 relative)."""
-    _, _, h, w = img.shape
-    xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
-    ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
-    mx = xs + flow[:, 0]
-    my = ys + flow[:, 1]
+    mx, my = _sample_coords(img, flow)
     if img.device.type == "cpu":
         return _remap_cubic(img.to(torch.float32).contiguous(), mx, my)
     return _grid_sample_cubic(img, mx, my)
+
+
+def _sample_coords(img: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute sample coordinates (x + u, y + v) [B, H, W] of img [B, C, H, W]."""
+    _, _, h, w = img.shape
+    xs = torch.arange(w, device=img.device, dtype=img.dtype).view(1, 1, w)
+    ys = torch.arange(h, device=img.device, dtype=img.dtype).view(1, h, 1)
+    return xs + flow[:, 0], ys + flow[:, 1]
 
 
 def _grid_sample_cubic(img: torch.Tensor, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
