@@ -38,6 +38,7 @@ the compiled kernels.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import threading
@@ -156,18 +157,27 @@ def _centered_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
-def _forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward differences of [B, C, H, W]; zero on the last column / row."""
-    dx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
-    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
-    return dx, dy
+# The stencils' borders: the divergence has no predecessor on the first row and column, the
+# forward gradient no successor on the last. They are computed as the border and the rest and
+# joined with torch.cat, not with F.pad: Inductor's C++ kernels make a pad a masked load in
+# every vector of the loop, and a cat a plain write of each piece into the result.
+_FIRST, _AFTER_FIRST = slice(0, 1), slice(1, None)
+_BEFORE_LAST, _LAST = slice(None, -1), slice(-1, None)
 
 
-def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """Backward-difference divergence of the dual field (px, py), zero outside the image."""
-    dx = px - F.pad(px[..., :, :-1], (1, 0, 0, 0))
-    dy = py - F.pad(py[..., :-1, :], (0, 0, 1, 0))
-    return dx + dy
+def _forward_diff_rows(u: torch.Tensor) -> torch.Tensor:
+    """u[y + 1] - u[y] along the rows of [..., H, W]; zero on the last row."""
+    return torch.cat((u[..., 1:, :] - u[..., :-1, :], torch.zeros_like(u[..., -1:, :])), -2)
+
+
+def _backward_diff_rows(p: torch.Tensor) -> torch.Tensor:
+    """p[y] - p[y - 1] along the rows of [..., H, W], with p[-1] = 0 (the first row is p's)."""
+    return torch.cat((p[..., :1, :], p[..., 1:, :] - p[..., :-1, :]), -2)
+
+
+def _kept(run: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """new, or with ``run`` [B] new for the pairs where it is set and old elsewhere."""
+    return new if run is None else _where_active(run, new, old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,15 +335,24 @@ def _sqrt_rounded(x: torch.Tensor) -> torch.Tensor:
 
 def _primal(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
             grad: torch.Tensor, rho_c: torch.Tensor, l_t: float | torch.Tensor,
-            theta: float | torch.Tensor) -> torch.Tensor:
-    """Thresholding, divergence and primal update: the new u."""
-    rho = rho_c + (gvec * u).sum(1)
-    thr = l_t * grad
-    fi = -rho / grad.clamp_min(_FLT_EPSILON)
-    coef = torch.where(rho < -thr, l_t, torch.where(
-        rho > thr, -l_t, torch.where(grad > _FLT_EPSILON, fi, 0.0)))
-    v = u + coef[:, None] * gvec
-    return v + theta * _divergence(px, py)
+            theta: float | torch.Tensor, run: torch.Tensor | None = None) -> torch.Tensor:
+    """Thresholding, backward-difference divergence (zero outside the image) and primal
+    update: the new u (with ``run`` [B], the old u of the pairs where it is clear). The
+    first column and the rest are computed apart (see ``_FIRST``)."""
+    dy = _backward_diff_rows(py)
+
+    def part(cols: slice, dx: torch.Tensor) -> torch.Tensor:
+        us, gs, g2 = u[..., cols], gvec[..., cols], grad[..., cols]
+        rho = rho_c[..., cols] + (gs * us).sum(1)
+        thr = l_t * g2
+        fi = -rho / g2.clamp_min(_FLT_EPSILON)
+        coef = torch.where(rho < -thr, l_t, torch.where(
+            rho > thr, -l_t, torch.where(g2 > _FLT_EPSILON, fi, 0.0)))
+        v = us + coef[:, None] * gs
+        return _kept(run, v + theta * (dx + dy[..., cols]), us)
+
+    return torch.cat((part(_FIRST, px[..., _FIRST]),
+                      part(_AFTER_FIRST, px[..., 1:] - px[..., :-1])), -1)
 
 
 def _squared_update(u_new: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -341,12 +360,21 @@ def _squared_update(u_new: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (u_new - u).square().sum((1, 2, 3), dtype=torch.float64)
 
 
-def _dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, taut: float | torch.Tensor
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward gradient of u and the dual update: new (px, py)."""
-    ux, uy = _forward_gradient(u)
-    ng = 1.0 + taut * _sqrt_rounded(ux * ux + uy * uy)
-    return (px + taut * ux) / ng, (py + taut * uy) / ng
+def _dual(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, taut: float | torch.Tensor,
+          run: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward gradient of u (zero on the last row and column) and the dual update: new
+    (px, py) (with ``run`` [B], the old ones of the pairs where it is clear). The last
+    column and the rest are computed apart (see ``_FIRST``)."""
+    uy = _forward_diff_rows(u)
+
+    def part(cols: slice, ux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ps, qs, vy = px[..., cols], py[..., cols], uy[..., cols]
+        ng = 1.0 + taut * _sqrt_rounded(ux * ux + vy * vy)
+        return _kept(run, (ps + taut * ux) / ng, ps), _kept(run, (qs + taut * vy) / ng, qs)
+
+    body = part(_BEFORE_LAST, u[..., 1:] - u[..., :-1])
+    last = part(_LAST, torch.zeros_like(u[..., _LAST]))
+    return torch.cat((body[0], last[0]), -1), torch.cat((body[1], last[1]), -1)
 
 
 def _warp_terms(i0: torch.Tensor, i1_stack: torch.Tensor, u: torch.Tensor,
@@ -522,10 +550,10 @@ def _masked_step(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torc
     (u, px, py, stopping error [B])."""
     # error and gradient of the masked new u: the same for the pairs that run (the others'
     # are not used), and the kernels then keep one new u, not two
-    u_new = _where_active(run, _primal(u, px, py, gvec, grad, rho_c, l_t, theta), u)
+    u_new = _primal(u, px, py, gvec, grad, rho_c, l_t, theta, run)
     error = _squared_update(u_new, u)
-    px_new, py_new = _dual(u_new, px, py, taut)
-    return u_new, _where_active(run, px_new, px), _where_active(run, py_new, py), error
+    px_new, py_new = _dual(u_new, px, py, taut, run)
+    return u_new, px_new, py_new, error
 
 
 def _inner_steps(u: torch.Tensor, px: torch.Tensor, py: torch.Tensor, gvec: torch.Tensor,
@@ -583,6 +611,26 @@ def inductor_cache_dir() -> str:
     return path
 
 
+@functools.cache
+def _cache_loop_graphs() -> bool:
+    """Lets Inductor's FX graph cache keep graphs that hold a ``torch.while_loop`` (the CPU
+    loop graph), process-wide. Inductor refuses to cache higher-order operators unless they
+    are listed in ``unsafe_marked_cacheable_functions``: its key hashes the graph with the
+    loop's condition and body subgraphs, so another body is another entry. Without it, every
+    process re-lowers the loop graph (a warm start of about three times as long). False if
+    this torch has no such setting."""
+    import torch._inductor.config as inductor_config
+    from torch._higher_order_ops.while_loop import while_loop_op
+
+    listed = getattr(inductor_config, "unsafe_marked_cacheable_functions", None)
+    if listed is None:
+        return False
+    name = f"{while_loop_op.__module__}.{while_loop_op.__name__}"
+    if name not in listed:
+        inductor_config.unsafe_marked_cacheable_functions = [*listed, name]
+    return True
+
+
 def _compiled(fn: Callable, cuda_graphs: bool = False) -> Callable:
     """``torch.compile(fn)``, made once per function (and CUDA graph use). Height and width
     are symbolic (see ``_dynamic_hw``), so one graph serves every pyramid level and frame
@@ -590,6 +638,7 @@ def _compiled(fn: Callable, cuda_graphs: bool = False) -> Callable:
     key = (fn, cuda_graphs)
     if key not in _COMPILED:
         inductor_cache_dir()
+        _cache_loop_graphs()
         import torch._dynamo
 
         limit = torch._dynamo.config.recompile_limit
@@ -676,6 +725,29 @@ def _opencv_single_threaded(device: torch.device):
                 cv2.setNumThreads(_opencv_state["threads"])
 
 
+# glibc's mallopt parameters (malloc.h) and what CPU solves set them to
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_BELOW = 32 << 20  # blocks below this come from the heap, not their own mmap (glibc's most)
+_KEEP_FREED = 128 << 20  # freed heap kept for reuse before any is given back to the system
+
+
+@functools.cache
+def _keep_freed_memory() -> bool:
+    """Once per process, before the first CPU solve: glibc keeps freed blocks (up to
+    ``_KEEP_FREED`` bytes) for reuse instead of handing them back to the system. The loop
+    graph allocates its buffers afresh every inner iteration; with glibc's defaults they are
+    unmapped or trimmed when freed, and the next iteration faults their pages in again,
+    zero-filled, which costs the fused loop a large part of its speed. Process-wide (malloc
+    has one setting); True if it took, False where the C library has no ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, _HEAP_BELOW)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED))
+
+
 def _upscale_flow(u: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
     """Flow of a coarse level resized to the finer ``size``; displacements divided by scale_step
     (the illumination channel, if any, is not scaled)."""
@@ -712,6 +784,8 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor,
         raise ValueError("cuda_graphs needs compiled=True and tensors on a CUDA device")
     _check_kernels(kernels, compiled, prev.device)
     fused = Fused(inner_unroll, cuda_graphs, kernels) if compiled else None
+    if prev.device.type == "cpu":
+        _keep_freed_memory()
     with torch.no_grad(), _opencv_single_threaded(prev.device):
         i0s = _pyramid(prev.to(torch.float32), params)
         i1s = _pyramid(nxt.to(torch.float32), params)
