@@ -199,6 +199,7 @@ class _Capture:
 
     unroll: int = 1
     cuda_graphs: bool = False
+    kernels: str = "inductor"
 
     def fn(self, fn: Callable) -> Callable:
         def capture(*args: Any, **kwargs: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Where the compiled CPU TV-L1 spends its time, stage by stage, and the warp's two
-implementations against each other.
+"""Where the compiled CPU TV-L1 spends its time, stage by stage, against the inner
+iteration's former borders and the former warp.
 
 A script, not a test. The compiled solver (``tvl1_flow(..., compiled=True)``, batch 1, what
 the engine runs on the CPU) runs over Middlebury pairs resized to 340x256 with its stages
@@ -7,9 +7,11 @@ timed by wrapping the module's functions: the pyramids, the warps (``_warp_terms
 sampling of I1 and its gradients, then the linearisation), the median filters, the compiled
 inner loops and the flow upscaling. Each round runs the pairs three times, interleaved so
 that the machine's drift hits all three (medians over the rounds): as the CPU path does
-(OpenCV's ``remap`` as the warp, OpenCV held to one thread during the solve), with OpenCV
-left on its default threads, and as before (``grid_sample``, the path of other devices,
-forced onto the CPU; OpenCV's default threads).
+(stencil borders as pieces joined by ``torch.cat``, OpenCV's ``remap`` as the warp, OpenCV
+held to one thread during the solve); with the borders written with ``F.pad`` as before
+(same flows, bit for bit); and with the former warp (``grid_sample``, the path of other
+devices, forced onto the CPU; OpenCV's default threads). glibc's malloc settings
+(``tvl1_torch._keep_freed_memory``) are process-wide, so all three run with them.
 
     python benchmarks/flow_stages.py [--data DIR] [--preset opencv] [--rounds 5]
 """
@@ -26,6 +28,7 @@ from typing import Callable
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from actprep.extractors.flow import tvl1_torch as tv
 from actprep.extractors.flow.params import preset
@@ -48,6 +51,25 @@ def load_pairs(data: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
+def padded_primal(u, px, py, gvec, grad, rho_c, l_t, theta, run=None):
+    """The primal update with F.pad borders: the inner iteration before the pieces."""
+    div = (px - F.pad(px[..., :, :-1], (1, 0, 0, 0))) + (py - F.pad(py[..., :-1, :], (0, 0, 1, 0)))
+    rho = rho_c + (gvec * u).sum(1)
+    thr = l_t * grad
+    fi = -rho / grad.clamp_min(tv._FLT_EPSILON)
+    coef = torch.where(rho < -thr, l_t, torch.where(
+        rho > thr, -l_t, torch.where(grad > tv._FLT_EPSILON, fi, 0.0)))
+    return tv._kept(run, (u + coef[:, None] * gvec) + theta * div, u)
+
+
+def padded_dual(u, px, py, taut, run=None):
+    """The dual update with F.pad borders: the inner iteration before the pieces."""
+    ux = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
+    uy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    ng = 1.0 + taut * tv._sqrt_rounded(ux * ux + uy * uy)
+    return tv._kept(run, (px + taut * ux) / ng, px), tv._kept(run, (py + taut * uy) / ng, py)
+
+
 def grid_sample_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """The warp of non-CPU devices, run on the CPU."""
     return tv._grid_sample_cubic(img, *tv._sample_coords(img, flow))
@@ -67,21 +89,25 @@ def opencv_default_threads(device: torch.device) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
-VARIANTS = {  # name: (warp, how OpenCV's threads are set during a solve)
-    "remap, OpenCV on 1 thread (the CPU path)": (tv._warp_bicubic, tv._opencv_single_threaded),
-    "remap, OpenCV's default threads": (tv._warp_bicubic, opencv_default_threads),
-    "grid_sample, OpenCV's default threads (before)": (grid_sample_warp, opencv_default_threads),
+SWAPPED = ("_warp_bicubic", "_opencv_single_threaded", "_primal", "_dual")
+VARIANTS = {  # name: the functions of SWAPPED
+    "the CPU path (cat borders, remap, OpenCV on 1 thread)":
+        (tv._warp_bicubic, tv._opencv_single_threaded, tv._primal, tv._dual),
+    "F.pad borders (before)":
+        (tv._warp_bicubic, tv._opencv_single_threaded, padded_primal, padded_dual),
+    "grid_sample warp, OpenCV's default threads (before)":
+        (grid_sample_warp, opencv_default_threads, tv._primal, tv._dual),
 }
 
 
-def one_round(pairs: list, params, variant: tuple[Callable, Callable]) -> dict[str, float]:
+def one_round(pairs: list, params, variant: tuple[Callable, ...]) -> dict[str, float]:
     """Seconds per stage (and "total") for the pairs, one at a time, with ``variant``."""
     times: dict[str, float] = defaultdict(float)
-    saved = {name: getattr(tv, name)
-             for name in (*STAGES, "_warp_bicubic", "_opencv_single_threaded")}
+    saved = {name: getattr(tv, name) for name in (*STAGES, *SWAPPED)}
     for name, stage in STAGES.items():
         setattr(tv, name, timed(times, stage, saved[name]))
-    tv._warp_bicubic, tv._opencv_single_threaded = variant
+    for name, fn in zip(SWAPPED, variant):
+        setattr(tv, name, fn)
     try:
         start = time.perf_counter()
         for prev, nxt in pairs:
@@ -119,10 +145,11 @@ def main() -> None:
         cells = [f"{medians[name][c]:.1f} ({medians[name][c] / medians[name]['total']:.0%})"
                  for c in columns]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    new, _, old = (medians[name] for name in VARIANTS)
-    print(f"\nthe CPU path against before: warp stage {new['warp'] / old['warp']:.2f}x the "
-          f"time, median {new['median'] / old['median']:.2f}x, whole solver "
-          f"{new['total'] / old['total']:.2f}x")
+    new, padded, grid = (medians[name] for name in VARIANTS)
+    print(f"\nthe CPU path against F.pad borders: inner loop "
+          f"{new['inner loop'] / padded['inner loop']:.2f}x the time, whole solver "
+          f"{new['total'] / padded['total']:.2f}x; against the grid_sample warp: warp stage "
+          f"{new['warp'] / grid['warp']:.2f}x, whole solver {new['total'] / grid['total']:.2f}x")
 
 
 if __name__ == "__main__":

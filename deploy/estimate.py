@@ -39,7 +39,7 @@ class Rates:
     cpu_ms_per_flow_pair: float = 1.5     # two gray JPEGs and the tar members of a pair
     vggish_examples_per_core_s: float = 45.0  # torch CPU, 90/s on 2 cores
     gpu_flow_pairs_per_s: float = 84.0   # projected (L4, opencv preset); 0 = flow on the CPU
-    cpu_flow_pairs_per_core_s: float = 1.35  # compiled torch TV-L1 in a flow-only run
+    cpu_flow_pairs_per_core_s: float = 2.24  # compiled torch TV-L1 in a flow-only run
 
 
 @dataclass(frozen=True)
