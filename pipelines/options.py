@@ -181,7 +181,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="resize so the short side is N, keeping aspect (default 256)")
     group.add_argument("--size", type=_size, help="resize to exactly WxH, e.g. 340x256")
     parser.add_argument("--shard-size", type=_positive(int), default=100,
-                        help="samples per shard (default 100)")
+                        help="manifest rows per shard, failed rows included (default 100; see "
+                        "docs/FORMAT.md)")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
                         choices=range(1, 101), metavar="1..100",
                         help=f"JPEG quality of the RGB and flow frames, 1..100 (default "
