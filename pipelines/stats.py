@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actprep.pipelines import layout, storage
+from actprep.pipelines.verify import not_an_output
 from actprep.pipelines.bounded import imap
 from actprep.pipelines.planfile import PlanError, read_spans
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
@@ -457,8 +458,7 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     output = args.output.rstrip("/")
     if not storage.exists(storage.join(output, layout.RUN)):
-        print(f"actprep stats: error: {output} is not an actprep output (no {layout.RUN})",
-              file=sys.stderr)
+        print(f"actprep stats: error: {not_an_output(output, layout.RUN)}", file=sys.stderr)
         return 2
     stats = output_stats(output, _labels(output), args.min_class_samples)
     if args.html:

@@ -766,11 +766,30 @@ def load_run(output: str) -> dict[str, Any]:
     run_path, plan_path = storage.join(output, layout.RUN), storage.join(output, layout.PLAN)
     for path in (run_path, plan_path):
         if not storage.exists(path):
-            raise NotAnOutput(f"{output} is not an actprep output (no {path.rsplit('/', 1)[-1]})")
+            raise not_an_output(output, path.rsplit("/", 1)[-1])
     try:
         return json.loads(storage.read_text(run_path))
     except ValueError as exc:
         raise NotAnOutput(f"{run_path} is not JSON: {exc}") from None
+
+
+def not_an_output(output: str, missing: str) -> NotAnOutput:
+    """The error for a folder without ``missing`` (run.json, plan.jsonl), naming the
+    outputs directly inside it when there are any."""
+    inside = _outputs_inside(output)
+    hint = f"; the output{'s' if len(inside) > 1 else ''} inside it: " if inside else ""
+    return NotAnOutput(f"{output} is not an actprep output (no {missing}){hint}"
+                       f"{', '.join(inside)}")
+
+
+def _outputs_inside(folder: str) -> list[str]:
+    """The actprep outputs directly inside a local ``folder`` (run.json in a subfolder), for
+    a user who named the folder above one (as ``actprep demo --output DIR`` writes DIR/shards)."""
+    if not storage.is_local(folder) or not os.path.isdir(folder):
+        return []
+    with os.scandir(folder) as entries:
+        return sorted(e.path for e in entries
+                      if e.is_dir() and os.path.exists(os.path.join(e.path, layout.RUN)))
 
 
 def load_spans(output: str) -> tuple[list[ShardSpan] | None, list[Problem]]:

@@ -120,7 +120,19 @@ def test_stats_ignores_an_index_without_its_shard(output, run_cli, capsys, tmp_p
 
 def test_stats_of_a_folder_that_is_no_output(run_cli, tmp_path, capsys):
     assert run_cli(["stats", tmp_path]) == 2
-    assert "not an actprep output" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not an actprep output" in err and "inside it" not in err
+
+
+def test_stats_of_the_folder_above_an_output_names_it(run_cli, tmp_path, capsys):
+    """As after ``actprep demo --output DIR``: DIR holds the videos and DIR/shards the output."""
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "run.json").write_text("{}")
+    (tmp_path / "videos").mkdir()
+    assert run_cli(["stats", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert "not an actprep output" in err
+    assert f"the output inside it: {tmp_path / 'shards'}" in err
 
 
 def test_failure_reasons_group_without_paths():
