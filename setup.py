@@ -24,6 +24,7 @@ setup(
     install_requires=[
         "apache-beam>=2.60",
         "webdataset>=0.2.90",
+        "braceexpand",  # shard patterns in the reader (webdataset's own expansion)
         "pyarrow>=14",
         "numpy>=1.24",
         "librosa>=0.10",

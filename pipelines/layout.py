@@ -5,13 +5,12 @@ import os
 import posixpath
 
 from actprep.pipelines.storage import FileSystems, join
-from actprep.schemas.plan import shard_name
+from actprep.schemas.plan import INDEX_DIR, SHARD_TAR_GLOB, shard_name
 
 PLAN = "plan.jsonl"
 PLAN_SHARDS = "plan-shards.json"  # where each shard's lines are in the plan
 LABELS = "labels.json"
 RUN = "run.json"
-INDEX_DIR = "index"
 WORK_DIR = "_work"
 
 
@@ -78,7 +77,7 @@ def work_shards(output: str) -> set[int]:
 
 def shard_tars(output: str) -> dict[int, int]:
     """Shard number -> size in bytes of every shard tar in ``output`` (committed shards)."""
-    found = FileSystems.match([join(output, "shard-*.tar")])[0].metadata_list
+    found = FileSystems.match([join(output, SHARD_TAR_GLOB)])[0].metadata_list
     sizes = {posixpath.basename(m.path)[len("shard-"):-len(".tar")]: m.size_in_bytes
              for m in found}
     return {int(n): size for n, size in sizes.items() if n.isdigit()}

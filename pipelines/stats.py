@@ -28,12 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actprep.pipelines import layout, storage
-from actprep.pipelines.verify import not_an_output
 from actprep.pipelines.bounded import imap
 from actprep.pipelines.planfile import PlanError, read_spans
+from actprep.pipelines.verify import not_an_output
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
-from actprep.schemas.plan import ORDER_SETTING, shard_name
+from actprep.schemas.plan import OLD_ORDER, ORDER_SETTING, shard_name
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 # what the figures use: reading and filtering only these is 2x faster than the whole index
@@ -56,7 +56,6 @@ MISSING_NAMED = 20  # planned shards not committed named in the report; the rest
 MIX_FACTOR, MIX_SLACK = 2, 3
 MIX_RULE = (f"largest class over {MIX_FACTOR}x its share of the split "
             f"plus {MIX_SLACK} samples")
-OLD_ORDER = "key-sorted"  # the shard order of outputs whose run.json does not name one
 _COVERAGE = {"rgb": "frames", "flow": "flow_pairs", "mfcc": "mfcc_frames",
              "vggish": "vggish_examples"}
 
@@ -412,12 +411,17 @@ def render_text(stats: dict[str, Any], output: str) -> str:
     return "\n".join(lines)
 
 
+def named(items: list[str], limit: int = MISSING_NAMED) -> str:
+    """The first ``limit`` of ``items``, comma-joined, with " ..." when there are more."""
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
 def _mix_warning(stats: dict[str, Any]) -> list[str]:
     """The warning line about badly mixed shards, if any."""
     flagged = stats["shards_badly_mixed"]
     if not flagged:
         return []
-    names = ", ".join(flagged[:MISSING_NAMED]) + (" ..." if len(flagged) > MISSING_NAMED else "")
+    names = named(flagged)
     why = (" (planned by an older actprep, in key order: a new output is planned "
            "class-stratified)" if stats.get("shard_order") == OLD_ORDER else "")
     return [f"WARNING: {len(flagged)} of {stats['shards']} shards are badly mixed "

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from actprep.pipelines import storage  # noqa: E402
+from actprep.pipelines.stats import named  # noqa: E402
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
@@ -115,7 +116,7 @@ def render(stats: dict[str, Any], output: str) -> str:
         ax.set_title("shard sizes")
         parts.append(_png(fig))
     flagged = stats["shards_badly_mixed"]
-    names = ", ".join(flagged[:20]) + (" ..." if len(flagged) > 20 else "")
+    names = named(flagged)
     parts.append(f"<p{' class=warn' if flagged else ''}>{len(flagged)} of {len(table)} "
                  f"badly mixed ({html.escape(stats['shard_mix_rule'])})"
                  f"{': ' + html.escape(names) if flagged else ''}</p>")

@@ -53,8 +53,8 @@ from actprep.pipelines.runlock import LOCK
 from actprep.schemas import sample
 from actprep.schemas.index import FAILED, OK, read_index
 from actprep.schemas.plan import PlanEntry, ShardSpan, shard_name
+from actprep.schemas.tarformat import BLOCK, pax_records
 
-BLOCK = tarfile.BLOCKSIZE
 _ZERO_BLOCK = bytes(BLOCK)
 _HEADER_FIELDS = ("mode", "mtime", "uid", "gid", "uname", "gname", "type")
 _TOP_FILES = frozenset({layout.RUN, layout.PLAN, layout.PLAN_SHARDS, layout.LABELS, LOCK})
@@ -151,21 +151,6 @@ class Member:
         return self.name.partition(".")[2]
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
-    """The ``LENGTH KEY=VALUE\\n`` records of a pax extended header."""
-    records, pos = {}, 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        record = data[space + 1:pos + length]
-        if length <= space - pos or not record.endswith(b"\n") or b"=" not in record:
-            raise ValueError("malformed pax record")
-        name, _, value = record[:-1].partition(b"=")
-        records[name.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return records
-
-
 def _deviations(block: bytes, info: tarfile.TarInfo, pax: dict[str, str],
                 name: str, size: int) -> tuple[str, ...]:
     """Header fields that differ from ``tar_info(name, size)`` (the writer's headers)."""
@@ -251,7 +236,7 @@ class TarReader:
             pax: dict[str, str] = {}
             if info.type == tarfile.XHDTYPE:
                 try:
-                    pax = _pax_records(self._data(info.size, "a pax header", None))
+                    pax = pax_records(self._data(info.size, "a pax header", None))
                     int(pax.get("size", 0))
                 except ValueError as exc:
                     raise TarCorrupt(f"corrupt: bad pax header at byte {offset} "

@@ -20,11 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actprep.readers import sources
+from actprep.readers import order, sources
 from actprep.schemas.index import OK, read_index
-
-INDEX_DIR = "index"  # as pipelines/layout.py (readers do not import pipelines: no Beam)
-SHARD_GLOB = "shard-*.tar"
+from actprep.schemas.plan import INDEX_DIR, SHARD_TAR_GLOB
 COLUMNS = ["key", "status", "tar_offset", "tar_bytes"]
 LOAD_THREADS = 16
 
@@ -51,7 +49,7 @@ class Catalog:
     @property
     def starts(self) -> np.ndarray:
         """Number of each shard's first sample."""
-        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        return order.shard_starts(self.counts)
 
     def key(self, i: int) -> str:
         return self.keys[int(i)].as_py()
@@ -78,7 +76,7 @@ def resolve(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[st
             if not sources.is_dir(text):
                 raise ValueError(f"{text}: no such output folder (give an actprep output "
                                  f"folder or shard tar URLs)")
-            tars = sources.glob(text, SHARD_GLOB)
+            tars = sources.glob(text, SHARD_TAR_GLOB)
             if not tars:
                 raise ValueError(f"{text}: no committed shard (shard-NNNNNN.tar) in this "
                                  f"folder: not an actprep output, or no shard done yet")

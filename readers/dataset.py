@@ -195,7 +195,7 @@ class ActprepDataset(IterableDataset):
         self.sampling, self.mode = sampling, mode
         self.num_segments, self.new_length = num_segments, new_length
         self.clip_len, self.frame_interval, self.num_clips = clip_len, frame_interval, num_clips
-        self.seed, self.epoch, self.position = order._check_int("seed", seed, 0), 0, 0
+        self.seed, self.epoch, self.position = order.check_int("seed", seed, 0), 0, 0
         self.shardshuffle = (mode == "train") if shardshuffle is None else shardshuffle
         train_buffer = DEFAULT_TRAIN_SHUFFLE if mode == "train" else 0
         self.shuffle = train_buffer if shuffle is None else int(shuffle)
@@ -215,12 +215,12 @@ class ActprepDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """New order and train-mode offsets for ``epoch`` (as DistributedSampler); the
         position goes back to the epoch's start (call ``set_position`` after it)."""
-        self.epoch, self.position = order._check_int("epoch", epoch, 0), 0
+        self.epoch, self.position = order.check_int("epoch", epoch, 0), 0
 
     def set_position(self, position: int) -> None:
         """Skips the first ``position`` samples of this rank's epoch: the next iteration
         yields exactly the rest of its sequence (resume after ``position`` samples done)."""
-        position = order._check_int("position", position, 0)
+        position = order.check_int("position", position, 0)
         if self.streaming:
             raise ValueError("set_position needs the indexed reader (streaming=False)")
         if position > self.samples_per_rank:
@@ -324,7 +324,7 @@ class ActprepDataset(IterableDataset):
                 member_key, _, suffix = name.partition(".")
                 if member_key != key:
                     raise tarindex.TarFormatError(f"member {name} is not the sample's")
-                if suffix.split(".", 1)[0] in self._families:
+                if self.wanted(name):
                     end = start + size
                     sample[suffix] = view[start:end] if suffix.endswith(".jpg") \
                         else data[start:end]
@@ -416,11 +416,7 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
             rank, world_size = 0, 1
     elif rank is None or world_size is None:
         raise ValueError("give both rank and world_size, or neither")
-    world_size = order._check_int("world_size", world_size, 1)
-    rank = order._check_int("rank", rank, 0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
-    return rank, world_size
+    return order.check_rank(rank, world_size)
 
 
 def zip_ahead(fetch: Callable[[Any], Any], items: Iterable[Any], depth: int
@@ -456,8 +452,8 @@ def make_loader(dataset: ActprepDataset, batch_size: int, num_workers: int = 0, 
     lists); other keyword arguments go to the DataLoader, except ``persistent_workers``
     (workers would keep the epoch and position they started with) and ``in_order=False``.
     """
-    batch_size = order._check_int("batch_size", batch_size, 1)
-    num_workers = order._check_int("num_workers", num_workers, 0)
+    batch_size = order.check_int("batch_size", batch_size, 1)
+    num_workers = order.check_int("num_workers", num_workers, 0)
     if kwargs.get("persistent_workers"):
         raise ValueError("persistent_workers=True: workers would keep the epoch and "
                          "position they started with; leave it off")

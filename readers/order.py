@@ -20,10 +20,25 @@ import numpy as np
 _ORDER_SALT = 0x6F72646572  # "order"
 
 
-def _check_int(name: str, value: int, low: int) -> int:
+def check_int(name: str, value: int, low: int) -> int:
+    """``value`` as an int; ValueError naming ``name`` unless it is an integer >= ``low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def check_rank(rank: int, world_size: int) -> tuple[int, int]:
+    """(rank, world_size) as ints; ValueError unless 0 <= rank < world_size."""
+    world_size = check_int("world_size", world_size, 1)
+    rank = check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    return rank, world_size
+
+
+def shard_starts(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Number of each shard's first sample, from the per-shard sample counts."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
 def epoch_sequence(counts: Sequence[int], seed: int, epoch: int, *, shuffle: bool,
@@ -38,13 +53,13 @@ def epoch_sequence(counts: Sequence[int], seed: int, epoch: int, *, shuffle: boo
     Without ``shuffle``: shards in order (permuted with ``(seed, epoch)`` when
     ``shardshuffle``), each shard's samples in index (key) order: sequential reads.
     """
-    seed, epoch = _check_int("seed", seed, 0), _check_int("epoch", epoch, 0)
+    seed, epoch = check_int("seed", seed, 0), check_int("epoch", epoch, 0)
     counts = np.asarray(counts, dtype=np.int64)
     total = int(counts.sum())
     rng = np.random.default_rng([_ORDER_SALT, seed, epoch])
     if shuffle:
         return rng.permutation(total).astype(np.int64, copy=False)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = shard_starts(counts)
     shards = rng.permutation(len(counts)) if shardshuffle else np.arange(len(counts))
     parts = [np.arange(starts[s], starts[s] + counts[s], dtype=np.int64) for s in shards]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -65,10 +80,7 @@ def rank_sequence(sequence: np.ndarray, rank: int, world_size: int,
     Rank r then takes the r-th contiguous slice (contiguous rather than every W-th, so
     that in an unshuffled order each rank reads whole runs of a shard).
     """
-    world_size = _check_int("world_size", world_size, 1)
-    rank = _check_int("rank", rank, 0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be below world_size ({world_size}), got {rank}")
+    rank, world_size = check_rank(rank, world_size)
     count = per_rank(len(sequence), world_size, drop_last)
     padded = sequence if drop_last or len(sequence) == count * world_size else \
         np.resize(sequence, count * world_size)  # np.resize repeats from the start
@@ -82,7 +94,7 @@ def worker_positions(remaining: int, batch_size: int, num_workers: int, worker: 
     num_workers, ... in order. The DataLoader takes one batch from each worker in turn
     (``in_order=True``, its default), so its batches follow the sequence exactly, as
     with no workers; the last, partial batch is the last thing its worker yields."""
-    batch_size = _check_int("batch_size", batch_size, 1)
-    num_workers = _check_int("num_workers", num_workers, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    num_workers = check_int("num_workers", num_workers, 1)
     positions = np.arange(remaining, dtype=np.int64)
     return positions[(positions // batch_size) % num_workers == worker]

@@ -9,39 +9,18 @@ from __future__ import annotations
 import collections
 import os
 import posixpath
-import re
 import threading
 from typing import Any, BinaryIO
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+from braceexpand import braceexpand
+
 OPEN_FILES = 64  # local shard files kept open per process (least recently used closed)
 
 
 def expand(pattern: str) -> list[str]:
-    """A shard pattern as a list: ``::`` joins patterns, ``{000000..000009}`` is a numeric
-    range (zero-padded to the width of its first bound), ``{a,b}`` a choice; as webdataset
-    expands them, without needing it."""
-    out: list[str] = []
-    for part in pattern.split("::"):
-        out += _expand_one(part)
-    return out
-
-
-def _expand_one(pattern: str) -> list[str]:
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern] if pattern else []
-    body, head, tail = match.group(1), pattern[:match.start()], pattern[match.end():]
-    numbers = _RANGE.match(body)
-    if numbers:
-        first, last = numbers.group(1), numbers.group(2)
-        step = 1 if int(last) >= int(first) else -1
-        width = len(first)
-        choices = [f"{n:0{width}d}" for n in range(int(first), int(last) + step, step)]
-    else:
-        choices = body.split(",")
-    return [u for choice in choices for u in _expand_one(head + choice + tail)]
+    """A shard pattern as a list: ``::`` joins patterns, each brace-expanded
+    (``{000000..000009}``, ``{a,b}``) by ``braceexpand``, as webdataset expands them."""
+    return [u for part in pattern.split("::") if part for u in braceexpand(part)]
 
 
 def is_remote(url: str) -> bool:

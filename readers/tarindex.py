@@ -19,8 +19,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from actprep.readers import sources
+from actprep.schemas.tarformat import BLOCK, pax_records
 
-BLOCK = 512
 _ZERO = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")
 _PAX, _PAX_GLOBAL, _GNU_NAME = b"x", b"g", b"L"
@@ -39,18 +39,12 @@ def _number(field: bytes) -> int:
     return int(digits, 8) if digits else 0
 
 
-def _pax(data: bytes) -> dict[bytes, bytes]:
-    """``LENGTH KEY=VALUE\\n`` records of a pax extended header (path and size matter)."""
-    records, pos = {}, 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        if length <= space - pos:
-            raise TarFormatError("malformed pax record")
-        name, _, value = data[space + 1:pos + length - 1].partition(b"=")
-        records[name] = value
-        pos += length
-    return records
+def _pax(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header (path and size matter)."""
+    try:
+        return pax_records(data)
+    except ValueError as exc:
+        raise TarFormatError(str(exc)) from None
 
 
 def _header(block: bytes, pos: int) -> tuple[bytes, int, bytes]:
@@ -64,6 +58,11 @@ def _header(block: bytes, pos: int) -> tuple[bytes, int, bytes]:
     return name, _number(block[124:136]), block[156:157]
 
 
+def _member_name(pax: dict[str, str], name: bytes) -> str:
+    """A member's name: its pax ``path`` when it has one, else its (long) header name."""
+    return pax.get("path") or name.decode("utf-8", "surrogateescape")
+
+
 def _padded(size: int) -> int:
     return size + (-size % BLOCK)
 
@@ -74,14 +73,14 @@ def iter_members(buf: bytes) -> Iterator[tuple[str, int, int]]:
     buf = buf if isinstance(buf, bytes) else bytes(buf)
     pos, end = 0, len(buf)
     long_name: bytes | None = None
-    pax: dict[bytes, bytes] = {}
+    pax: dict[str, str] = {}
     while pos + BLOCK <= end:
         block = buf[pos:pos + BLOCK]
         if block == _ZERO:
             return
         name, size, kind = _header(block, pos)
         data = pos + BLOCK
-        size = int(pax.get(b"size", size))
+        size = int(pax.get("size", size))
         if data + size > end:
             raise TarFormatError(f"member {name!r} at byte {pos} runs past the bytes read")
         if kind == _PAX:
@@ -92,8 +91,7 @@ def iter_members(buf: bytes) -> Iterator[tuple[str, int, int]]:
             pass
         else:
             if kind in _REGULAR:
-                full = pax.get(b"path", long_name or name)
-                yield full.decode("utf-8", "surrogateescape"), data, size
+                yield _member_name(pax, long_name or name), data, size
             pax, long_name = {}, None
         pos = data + _padded(size)
     if pos != end:
@@ -109,7 +107,7 @@ def scan(stream: BinaryIO) -> tuple[list[str], np.ndarray, np.ndarray]:
     ends: list[int] = []
     pos = 0
     member_start: int | None = None  # first header of the member being read (pax first)
-    pax: dict[bytes, bytes] = {}
+    pax: dict[str, str] = {}
     long_name: bytes | None = None
     while True:
         stream.seek(pos)
@@ -121,7 +119,7 @@ def scan(stream: BinaryIO) -> tuple[list[str], np.ndarray, np.ndarray]:
             break
         member_start = pos if member_start is None else member_start
         name, size, kind = _header(block, pos)
-        size = int(pax.get(b"size", size))
+        size = int(pax.get("size", size))
         if kind in (_PAX, _GNU_NAME):
             data = stream.read(size)
             if len(data) < size:
@@ -131,8 +129,7 @@ def scan(stream: BinaryIO) -> tuple[list[str], np.ndarray, np.ndarray]:
             else:
                 long_name = data.rstrip(b"\0")
         elif kind != _PAX_GLOBAL:
-            full = pax.get(b"path", long_name or name).decode("utf-8", "surrogateescape")
-            key = full.split(".", 1)[0]
+            key = _member_name(pax, long_name or name).split(".", 1)[0]
             end = pos + BLOCK + _padded(size)
             if keys and keys[-1] == key:
                 ends[-1] = end

@@ -31,6 +31,7 @@ from actprep.schemas.manifest import ManifestRow
 # rows sorted by (key, line)
 SHARD_ORDER = "stratified-1"
 ORDER_SETTING = "shard_order"  # its name in run.json
+OLD_ORDER = "key-sorted"  # what reports call the order of outputs whose run.json names none
 # the hash's key (salt): fixed, so that equal manifests give equal plans everywhere
 ORDER_SALT = b"actprep shard order 1"
 
@@ -104,6 +105,10 @@ def split_span(span: ShardSpan, line_lengths: list[int], size: int) -> list[Work
                               offset, length))
         offset += length
     return units
+
+
+INDEX_DIR = "index"  # an output's Parquet index files: INDEX_DIR/shard-NNNNNN.parquet
+SHARD_TAR_GLOB = "shard-*.tar"  # an output's shard tars, as a shell pattern
 
 
 def shard_name(shard: int) -> str:
