@@ -618,10 +618,13 @@ def _cache_loop_graphs() -> bool:
     are listed in ``unsafe_marked_cacheable_functions``: its key hashes the graph with the
     loop's condition and body subgraphs, so another body is another entry. Without it, every
     process re-lowers the loop graph (a warm start of about three times as long). False if
-    this torch has no such setting."""
-    import torch._inductor.config as inductor_config
-    from torch._higher_order_ops.while_loop import while_loop_op
-
+    this torch has no such setting (an older torch: then the loop graph is lowered again in
+    each process, or fails to compile, and the engine falls back as for any compile failure)."""
+    try:
+        import torch._inductor.config as inductor_config
+        from torch._higher_order_ops.while_loop import while_loop_op
+    except ImportError:
+        return False
     listed = getattr(inductor_config, "unsafe_marked_cacheable_functions", None)
     if listed is None:
         return False
