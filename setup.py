@@ -1,8 +1,8 @@
 """Install actprep: the packages live in the repository root (schemas/, extractors/,
-pipelines/) and install under the ``actprep`` namespace."""
+pipelines/, commands/, reports/, readers/) and install under the ``actprep`` namespace."""
 from setuptools import find_packages, setup
 
-ROOTS = ("schemas", "extractors", "pipelines", "readers")
+ROOTS = ("schemas", "extractors", "pipelines", "commands", "reports", "readers")
 PACKAGES = {f"actprep.{root}": root for root in ROOTS}
 for root in ROOTS:  # every sub-package, so a new folder cannot be left out of the install
     for sub in find_packages(where=root):
@@ -56,5 +56,5 @@ setup(
                  # the tests run the hand-written flow kernels in Triton's interpreter (CPU)
                  "triton==3.9.0"],
     },
-    entry_points={"console_scripts": ["actprep=actprep.pipelines.cli:entry"]},
+    entry_points={"console_scripts": ["actprep=actprep.commands.cli:entry"]},
 )

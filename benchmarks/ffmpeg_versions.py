@@ -53,11 +53,11 @@ import numpy as np
 
 import actprep.extractors.decode as decode_mod
 import actprep.extractors.probe as probe_mod
-import actprep.pipelines.synth as synth_mod
+import actprep.extractors.synth as synth_mod
 from actprep.extractors.decode import iter_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.probe import MediaInfo, probe
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 
 SIZE = (96, 64)
 SHORT_SIDE = 256  # RunOptions.short_side's default

@@ -2,7 +2,7 @@
 compiled torch TV-L1 on the CPU, compilation included.
 
 A script, not a test. N clips (default 4 of 3 s at 25 fps: 296 frame pairs) of moving
-texture are made once with ``actprep.pipelines.synth.make_video`` at the job's size and
+texture are made once with ``actprep.extractors.synth.make_video`` at the job's size and
 cached in the work folder. Then, as subprocesses with actprep's default runner settings,
 each into a fresh output folder, in this order:
 
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 
 MOTIONS = ((2.0, 1.0), (-2.0, 0.0), (0.0, 2.0), (1.0, -1.0), (3.0, 0.0), (-1.0, -2.0))
 
@@ -61,7 +61,7 @@ def run_job(manifest: str, output: str, backend: str, args, cache: str) -> dict:
     import pyarrow.parquet as pq
 
     shutil.rmtree(output, ignore_errors=True)
-    cmd = [sys.executable, "-m", "actprep.pipelines.cli", "run", "--dataset", "generic",
+    cmd = [sys.executable, "-m", "actprep.commands.cli", "run", "--dataset", "generic",
            "--manifest", manifest, "--output", output, "--modalities", "flow",
            "--size", f"{args.size[0]}x{args.size[1]}", "--flow-preset", args.preset,
            "--flow-backend", backend, "--no-progress"]

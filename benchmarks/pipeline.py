@@ -3,7 +3,7 @@
 A script, not a test. Every figure is compared with a baseline measured in the same run on the
 same machine, so the ratios are what matters, not the absolute frames/s.
 
-1. A Kinetics-like set is generated once with ``actprep.pipelines.synth.make_video`` and cached
+1. A Kinetics-like set is generated once with ``actprep.extractors.synth.make_video`` and cached
    in the work folder: N clips (default 48, a small shard's worth) of S seconds (default 10), 30 fps, 640x360, h264 +
    AAC tone, named ``{youtube_id}_{start:06d}_{end:06d}.mp4``, with a Kinetics CSV
    (``label,youtube_id,time_start,time_end,split``).
@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from actprep.extractors.decode import output_size
 from actprep.extractors.ffmpeg_bin import chosen, ffmpeg_exe
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 
 SHORT_SIDE = 256
 JOB_TARGET = 0.5  # job frames/s over ffmpeg frames/s: at least this
@@ -151,13 +151,13 @@ def _actprep_cmd() -> list[str]:
     if os.path.exists(script):
         return [script]
     found = shutil.which("actprep")
-    return [found] if found else [sys.executable, "-m", "actprep.pipelines.cli"]
+    return [found] if found else [sys.executable, "-m", "actprep.commands.cli"]
 
 
 def run_job(manifest: str, videos: str, output: str, log: str, expect: int,
             beam_args: list[str] = ()) -> dict:
     """One whole ``actprep run`` into a fresh ``output``; wall time of the command."""
-    from actprep.pipelines.progress import summarize
+    from actprep.commands.progress import summarize
 
     shutil.rmtree(output, ignore_errors=True)
     cmd = _actprep_cmd() + ["run", "--dataset", "kinetics", "--manifest", manifest,

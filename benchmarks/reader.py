@@ -4,12 +4,12 @@ A script, not a test. Every figure is compared with a baseline measured in the s
 same machine, so the ratios are what matters.
 
 1. Two actprep outputs are generated once and cached in the work folder, from moving-texture
-   clips made by ``actprep.pipelines.synth.make_video`` (h264, no audio, 25 fps):
+   clips made by ``actprep.extractors.synth.make_video`` (h264, no audio, 25 fps):
    ``rgb/``: --clips (default 24) clips of --duration (4 s) at --size (340x256),
    ``--modalities rgb``; ``flow/``: --flow-clips (default 4) such clips with
    ``--modalities rgb,flow --flow-backend opencv`` (TV-L1 on the CPU runs at about 1 frame
    pair/s at 340x256 on 2 cores, hence fewer clips). Both are written by ``actprep run``
-   (``actprep.pipelines.cli.main``, its default DirectRunner settings).
+   (``actprep.commands.cli.main``, its default DirectRunner settings).
 2. Baselines: ``webdataset.WebDataset(urls, shardshuffle=False).decode("rgb")`` iterated over
    every sample, decoding every JPEG member (RGB and flow) to float32 HxWx3 with PIL, which is
    what a user without actprep's reader would write; ``.decode("rgb8")`` (uint8, the type
@@ -56,8 +56,8 @@ def make_output(root: str, clips: int, duration: float, size: tuple[int, int],
     out = os.path.join(root, "out")
     if os.path.exists(done) and json.load(open(done)) == params:
         return _pattern(out)
-    from actprep.pipelines.cli import main
-    from actprep.pipelines.synth import make_video
+    from actprep.commands.cli import main
+    from actprep.extractors.synth import make_video
 
     os.makedirs(os.path.join(root, "videos"), exist_ok=True)
     rows = [["path", "label"]]

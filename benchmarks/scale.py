@@ -44,7 +44,7 @@ def measure(cmd: list[str], log: str) -> dict:
 
 def make_clips(root: str, count: int) -> list[tuple[str, str]]:
     """``count`` one-second clips under ``root``; their (youtube id, label)."""
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
     from actprep.schemas.manifest import kinetics_key
 
     clips = []

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actprep.pipelines.stats import compute, load_index
+from actprep.reports.stats import compute, load_index
 from actprep.schemas.index import INDEX_SCHEMA, write_index
 from actprep.schemas.labels import LabelMap
 

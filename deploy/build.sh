@@ -18,9 +18,9 @@ METADATA="deploy/flex-template/metadata.json"
 cd "$REPO_ROOT"
 
 # The committed metadata must describe this code's options (tests check it too).
-if python3 -c "import actprep.pipelines.flex" 2>/dev/null; then
-    if ! python3 -m actprep.pipelines.flex --metadata | cmp -s - "$METADATA"; then
-        die "$METADATA is out of date: python3 -m actprep.pipelines.flex --metadata > $METADATA"
+if python3 -c "import actprep.commands.flex" 2>/dev/null; then
+    if ! python3 -m actprep.commands.flex --metadata | cmp -s - "$METADATA"; then
+        die "$METADATA is out of date: python3 -m actprep.commands.flex --metadata > $METADATA"
     fi
 fi
 

@@ -25,7 +25,7 @@ from actprep.pipelines.faults import as_fault
 from actprep.pipelines.models import Models, make_flow_engine, make_vggish
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.planfile import read_spans, shard_entries, units_of_shard
-from actprep.pipelines.progress import TALLY
+from actprep.pipelines.tally import TALLY
 from actprep.pipelines.runlock import worker_heartbeat
 from actprep.pipelines.stageclock import STAGES
 from actprep.pipelines.units import UnitRunner, UnitSummary, VideoDone, thread_models

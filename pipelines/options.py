@@ -148,7 +148,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-_fraction.kind = float  # read by the Flex Template metadata (pipelines/flex.py)
+_fraction.kind = float  # read by the Flex Template metadata (commands/flex.py)
 
 
 def _positive(kind):
@@ -157,7 +157,7 @@ def _positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
         return value
-    parse.kind = kind  # read by the Flex Template metadata (pipelines/flex.py)
+    parse.kind = kind  # read by the Flex Template metadata (commands/flex.py)
     return parse
 
 

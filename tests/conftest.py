@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from actprep.pipelines.synth import make_garbage, make_video, truncate_file
+from actprep.extractors.synth import make_garbage, make_video, truncate_file
 
 LOCAL_BEAM = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
@@ -148,7 +148,7 @@ def kinetics_set(tmp_path_factory) -> dict:
 @pytest.fixture
 def run_cli():
     """Runs ``actprep ARGS`` in-process; returns (exit code, captured stderr)."""
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     def run(args: list[str], capsys=None) -> int:
         try:

@@ -18,7 +18,7 @@ from actprep.pipelines.planfile import iter_entries
 from actprep.pipelines.planner import load_or_create_plan
 from actprep.pipelines.plansort import SqliteVideos, iter_files, scratch_db
 from actprep.pipelines.process import _fetch
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 from actprep.schemas.manifest import (VideoIndex, listed_refusal, read_generic,
                                       read_kinetics)
 from conftest import LOCAL_BEAM

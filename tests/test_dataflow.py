@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 import memfs
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.extractors.synth import make_garbage, make_video
 from conftest import LOCAL_BEAM
 
 BUCKET = "mem://bucket"
@@ -100,7 +100,7 @@ def test_every_path_on_an_object_store(run_cli, mem_set, capsys, tmp_path):
 def test_rerun_on_an_object_store_resumes_and_then_does_nothing(run_cli, mem_set, capsys):
     """Checkpoints and temporaries of an interrupted job in the store: the rerun reuses the
     first, drops the second; a third run finds every shard committed."""
-    from actprep.pipelines.cli import make_parser
+    from actprep.commands.cli import make_parser
     from actprep.pipelines.options import run_options_from_args
     from actprep.pipelines.planfile import iter_entries
     from actprep.pipelines.planner import load_or_create_plan
@@ -171,7 +171,7 @@ def test_stage_clock_charges_each_stage_its_own_time(monkeypatch):
 
 
 def test_run_reports_stage_counters(run_cli, mem_set, capsys):
-    from actprep.pipelines.runner import stage_line
+    from actprep.commands.runner import stage_line
 
     assert run_cli(_args(mem_set, f"{mem_set}/out", *LOCAL_BEAM)) == 0
     err = capsys.readouterr().err

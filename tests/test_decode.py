@@ -13,7 +13,7 @@ from actprep.extractors.decode import decode_audio, iter_frames, output_size
 from actprep.extractors.errors import MediaError
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 from actprep.extractors.probe import parse_probe, probe
-from actprep.pipelines.synth import make_garbage, make_video, truncate_file
+from actprep.extractors.synth import make_garbage, make_video, truncate_file
 
 
 @pytest.fixture(scope="module")

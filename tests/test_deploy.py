@@ -4,6 +4,7 @@ setup.py, and the deploy scripts (run with stand-ins for gcloud and actprep that
 they are given; with the real gcloud's help and metadata validation where it is installed)."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from actprep.pipelines import cli, flex
+from actprep.commands import cli, flex
 from actprep.pipelines.options import run_options_from_args
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
@@ -104,8 +105,8 @@ def test_committed_metadata_is_the_generated_one():
         committed = f.read()
     assert committed == flex.metadata_json(), (
         "deploy/flex-template/metadata.json is stale: "
-        "python -m actprep.pipelines.flex --metadata > deploy/flex-template/metadata.json")
-    out = subprocess.run([sys.executable, "-m", "actprep.pipelines.flex", "--metadata"],
+        "python -m actprep.commands.flex --metadata > deploy/flex-template/metadata.json")
+    out = subprocess.run([sys.executable, "-m", "actprep.commands.flex", "--metadata"],
                          capture_output=True, text=True, check=True).stdout
     assert out == committed
 
@@ -362,6 +363,15 @@ def _ignore_patterns(name: str) -> list[str]:
         return [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
 
 
+def _package_roots() -> tuple[str, ...]:
+    """The top-level package folders that setup.py installs (its ``ROOTS``)."""
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    (roots,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["ROOTS"]]
+    return ast.literal_eval(roots)
+
+
 def test_dockerfile_copies_exist_and_the_template_file_is_one_of_them():
     instructions = _dockerfile()
     copies = [i.split()[1:] for i in instructions
@@ -374,8 +384,7 @@ def test_dockerfile_copies_exist_and_the_template_file_is_one_of_them():
             for ignore in (".dockerignore", ".gcloudignore"):
                 assert not _ignored(src, _ignore_patterns(ignore)), (ignore, src)
             destinations[dest] = src
-    for needed in ("setup.py", "README.md", "schemas/", "extractors/", "pipelines/",
-                   "readers/"):
+    for needed in ("setup.py", "README.md", *(f"{root}/" for root in _package_roots())):
         assert any(needed in srcs for *srcs, _ in copies), needed
     (env,) = [i for i in instructions if i.startswith("ENV FLEX_TEMPLATE_PYTHON_PY_FILE=")]
     py_file = env.split("=", 1)[1].strip('"')

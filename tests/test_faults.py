@@ -11,8 +11,9 @@ import subprocess
 import pyarrow.parquet as pq
 import pytest
 
-from actprep.pipelines import exitcodes, faults
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.commands import exitcodes
+from actprep.pipelines import faults
+from actprep.extractors.synth import make_garbage, make_video
 from conftest import LOCAL_BEAM, shards_and_index
 
 CLIPS = 6  # 5 videos and a garbage file (a media failure), 3 per shard
@@ -43,7 +44,7 @@ def _args(media, out, *extra) -> list:
 @pytest.fixture(scope="module")
 def reference(media, tmp_path_factory):
     """An uninterrupted run's shards and index."""
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     out = tmp_path_factory.mktemp("fault_ref") / "out"
     assert main([str(a) for a in _args(media, out)]) == 0

@@ -103,7 +103,7 @@ def test_too_short_audio_for_uncentred_frames():
 
 def test_audio_streams_in_fixed_chunks(tmp_path):
     from actprep.extractors.decode import decode_audio, iter_audio
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     path = make_video(str(tmp_path / "a.mkv"), duration=1.2, size=(64, 48), audio_freq=500)
     chunks = list(iter_audio(path, 16000, chunk_seconds=0.25))
@@ -115,7 +115,7 @@ def test_audio_streams_in_fixed_chunks(tmp_path):
 
 def test_decoder_threads_do_not_change_frames(tmp_path):
     from actprep.extractors.decode import iter_frames
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     path = make_video(str(tmp_path / "t.mp4"), duration=1.0, size=(320, 240), audio_freq=None)
     one = list(iter_frames(path, (160, 120), threads=1))

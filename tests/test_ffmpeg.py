@@ -90,7 +90,7 @@ def test_run_with_an_old_ffmpeg_stops_before_planning(run_cli, tmp_path, capsys)
 
 
 def _small_set(root) -> str:
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     for i in range(2):
         make_video(str(root / f"c{i}.mp4"), duration=1.0, fps=10, size=(64, 48),

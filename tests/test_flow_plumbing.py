@@ -26,7 +26,7 @@ from actprep.extractors.flow.flo import (color_wheel, flow_to_color, known, read
 from actprep.extractors.flow.opencv_backend import opencv_flow
 from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.quantize import dequantize, quantize
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 from actprep.schemas.sample import decode_sample, dequantize_flow
 
 

@@ -41,7 +41,7 @@ def _run_kinetics(run_cli, kinetics_set, out, *extra) -> int:
 
 @pytest.fixture(scope="module")
 def kinetics_run(kinetics_set, tmp_path_factory):
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     out = str(tmp_path_factory.mktemp("out") / "k")
     code = main(["run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
@@ -165,9 +165,9 @@ def test_single_video_units_commit_after_the_shuffle(kinetics_set, kinetics_run,
                                                      capsys):
     """Dataflow's shape (units of single videos, each shard committed after the group by
     shard) gives the same bytes as whole-shard units committed by their worker."""
-    from actprep.pipelines.cli import make_parser
+    from actprep.commands.cli import make_parser
     from actprep.pipelines.options import run_options_from_args
-    from actprep.pipelines.runner import run
+    from actprep.commands.runner import run
 
     out = str(tmp_path / "units")
     args, beam_args = make_parser().parse_known_args([
@@ -259,7 +259,7 @@ def _mit_set(root, make):
 
 
 def test_moments_in_time(tmp_path, run_cli):
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     manifest, root = _mit_set(tmp_path, make_video)
     out = tmp_path / "mit"
@@ -275,7 +275,7 @@ def test_moments_in_time(tmp_path, run_cli):
 
 
 def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     videos = tmp_path / "clips"
     (videos / "a").mkdir(parents=True)
@@ -304,7 +304,7 @@ def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
 
 
 def test_mfcc_options_reach_the_samples(tmp_path, run_cli):
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
 
     make_video(str(tmp_path / "tone.mp4"), duration=1.0, size=(96, 64), audio_freq=1000)
     (tmp_path / "list.csv").write_text("path,label\ntone.mp4,beep\n")
@@ -352,7 +352,7 @@ def test_a_mangled_checkpoint_refuses_its_shard_then_a_rerun_redoes_it(
     run commits the other shards, names the shard and the keys, exits 1, and leaves the
     reason in the work folder; once the record is gone a rerun gives the clean output."""
     from actprep.pipelines import layout
-    from actprep.pipelines.cli import make_parser
+    from actprep.commands.cli import make_parser
     from actprep.pipelines.options import run_options_from_args
     from actprep.pipelines.planfile import iter_entries
     from actprep.pipelines.planner import load_or_create_plan
@@ -388,7 +388,7 @@ def test_units_that_do_not_cover_their_shard_are_refused(kinetics_set, tmp_path)
     """Dataflow's commit step: a shard whose unit summaries leave entries uncovered (an
     element lost on the way) is refused with those keys named, never committed short."""
     from actprep.pipelines import layout
-    from actprep.pipelines.cli import make_parser
+    from actprep.commands.cli import make_parser
     from actprep.pipelines.job import CommitShards
     from actprep.pipelines.options import run_options_from_args
     from actprep.pipelines.planfile import read_spans, shard_entries

@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from conftest import LOCAL_BEAM
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.extractors.synth import make_garbage, make_video
 from actprep.readers.sampling import clip_indices, train_offsets, tsn_indices
 from actprep.schemas.sample import decode_sample, flow_raw_suffix, npy_bytes
 
@@ -161,7 +161,7 @@ BROKEN = "misc__broken"  # undecodable: a failed row, never read
 @pytest.fixture(scope="module")
 def output(tmp_path_factory) -> str:
     """An actprep output of the four VIDEOS and one undecodable file (three shards)."""
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     root = tmp_path_factory.mktemp("reader")
     with open(root / "list.csv", "w", newline="") as f:
@@ -620,7 +620,7 @@ def test_reader_refuses_bad_inputs(output, tmp_path):
 def test_verify_checks_the_byte_ranges(output, tmp_path):
     import shutil
 
-    from actprep.pipelines.verify import verify
+    from actprep.reports.verify import verify
     from actprep.schemas.index import index_footer, write_index
 
     copy = tmp_path / "copy"

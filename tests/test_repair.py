@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from actprep.pipelines import exitcodes
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.commands import exitcodes
+from actprep.extractors.synth import make_garbage, make_video
 from conftest import LOCAL_BEAM, shards_and_index
 
 
@@ -36,7 +36,7 @@ def _args(manifest, out, *extra) -> list:
 
 @pytest.fixture(scope="module")
 def clean(media, tmp_path_factory):
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     out = tmp_path_factory.mktemp("repair_clean") / "out"
     assert main([str(a) for a in _args(media / "list.csv", out)]) == 0
@@ -140,12 +140,12 @@ def test_a_killed_commit_leaves_no_tar_without_its_index(media, tmp_path):
     """The commit writes the tar under a temporary name, then the index (with the tar's
     size), then renames the tar: killed after the index, the shard is not committed and
     the rerun commits it; the index records the size of the tar it sits beside."""
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
     from actprep.schemas.index import index_footer
 
     out = tmp_path / "out"
     env = {**os.environ, "ACTPREP_CRASH_AT": "commit:index:1"}
-    done = subprocess.run([sys.executable, "-m", "actprep.pipelines.cli",
+    done = subprocess.run([sys.executable, "-m", "actprep.commands.cli",
                            *map(str, _args(media / "list.csv", out))], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr

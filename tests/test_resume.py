@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actprep.pipelines.runlock import LOCK, STALE_S
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.extractors.synth import make_garbage, make_video
 from conftest import LOCAL_BEAM
 
 CLIPS = 7          # 6 videos and one garbage file, 3 per shard: shards of 3, 3 and 1
@@ -41,7 +41,7 @@ def media(tmp_path_factory):
 
 
 def _command(media, out, vggish_weights: str) -> list[str]:
-    return [sys.executable, "-m", "actprep.pipelines.cli", "run", "--dataset", "generic",
+    return [sys.executable, "-m", "actprep.commands.cli", "run", "--dataset", "generic",
             "--manifest", str(media / "list.csv"), "--output", str(out),
             "--shard-size", str(SHARD_SIZE), "--size", "64x48",
             "--modalities", "rgb,flow,mfcc,vggish",
@@ -223,7 +223,7 @@ def test_retry_failed_reprocesses_only_the_failures(run_cli, media, tmp_path, ca
 
 KILL_ONE = """
 import os, sys
-from actprep.pipelines.cli import make_parser
+from actprep.commands.cli import make_parser
 from actprep.pipelines.options import run_options_from_args
 from actprep.pipelines.planfile import iter_entries
 from actprep.pipelines.planner import load_or_create_plan

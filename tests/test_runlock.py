@@ -331,8 +331,8 @@ def test_gcs_concurrent_acquirers_one_wins(gcs_bucket, monkeypatch):
 def test_a_run_whose_lock_is_taken_stops_with_one_clear_line(run_cli, tmp_path, capsys):
     """Another run takes the lock while this one plans: this run's workers stop it at their
     first heartbeat with one line, and the other run's lock is left as it is."""
-    from actprep.pipelines import exitcodes
-    from actprep.pipelines.synth import make_video
+    from actprep.commands import exitcodes
+    from actprep.extractors.synth import make_video
     from conftest import LOCAL_BEAM
 
     media, out = tmp_path / "media", tmp_path / "out"

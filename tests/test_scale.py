@@ -29,7 +29,7 @@ def _run(tmp_path, rows: int) -> tuple[float, str]:
     manifest, out = tmp_path / f"k{rows}.csv", tmp_path / f"out{rows}"
     _manifest(str(manifest), rows)
     (tmp_path / "videos").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "actprep.pipelines.cli", "run", "--dataset", "kinetics",
+    cmd = [sys.executable, "-m", "actprep.commands.cli", "run", "--dataset", "kinetics",
            "--manifest", str(manifest), "--video-root", str(tmp_path / "videos"),
            "--output", str(out), "--no-progress", "--max-failed-fraction", "1"]  # no videos
     with open(tmp_path / f"log{rows}", "wb") as log:

@@ -15,8 +15,8 @@ from actprep.pipelines import layout, storage
 from actprep.pipelines.options import RunOptions
 from actprep.pipelines.planfile import iter_entries, plan_writer
 from actprep.pipelines.planner import load_or_create_plan, shaping
-from actprep.pipelines.stats import MIX_RULE, compute, render_text
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.reports.stats import MIX_RULE, compute, render_text
+from actprep.extractors.synth import make_garbage, make_video
 from actprep.schemas.index import index_table
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.manifest import VideoIndex, check_rows, read_manifest
@@ -138,7 +138,7 @@ def _args(media, out, *extra) -> list:
 def _plan_the_old_way(media, out) -> list:
     """What an older actprep wrote: rows sorted by (key, line) cut into shards, and a
     run.json without ``shard_order``. Returns the entries."""
-    from actprep.pipelines.cli import make_parser
+    from actprep.commands.cli import make_parser
     from actprep.pipelines.options import run_options_from_args
 
     args = make_parser().parse_known_args([str(a) for a in _args(media, out)])[0]
@@ -272,7 +272,7 @@ def test_stats_per_shard_classes_and_the_mix_rule():
     assert "older actprep" not in text  # compute() knows no run.json
     assert "shard-000002     10       0         1000        2        80%  badly mixed" in text
     assert "shard-000005      4       3         1000        0          -" in text
-    from actprep.pipelines.stats_html import render
+    from actprep.reports.stats_html import render
 
     page = render(s, "OUT")
     assert "<p class=warn>1 of 6 badly mixed (largest class over 2x" in page

@@ -8,9 +8,9 @@ import re
 import pyarrow as pa
 import pytest
 
-from actprep.pipelines import stats
-from actprep.pipelines.stats import compute, failure_reason, load_index, output_stats
-from actprep.pipelines.synth import make_garbage, make_video
+from actprep.reports import stats
+from actprep.reports.stats import compute, failure_reason, load_index, output_stats
+from actprep.extractors.synth import make_garbage, make_video
 from actprep.schemas.index import INDEX_SCHEMA, index_table
 from actprep.schemas.labels import LabelMap
 from conftest import LOCAL_BEAM
@@ -43,7 +43,7 @@ def output(tmp_path_factory, run_cli_module):
 
 @pytest.fixture(scope="module")
 def run_cli_module():
-    from actprep.pipelines.cli import main
+    from actprep.commands.cli import main
 
     def run(args):
         try:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from actprep.pipelines.fragment import open_shard
-from actprep.pipelines.synth import make_garbage, make_video
-from actprep.pipelines.verify import TarReader, add_verify_parser, main
+from actprep.extractors.synth import make_garbage, make_video
+from actprep.reports.verify import TarReader, add_verify_parser, main
 from actprep.schemas.sample import tar_info
 from actprep.schemas.index import read_index, write_index
 from conftest import LOCAL_BEAM
@@ -27,7 +27,7 @@ SHARDS = [["bad", "v3"], ["v0", "v1"], ["v2"]]
 @pytest.fixture(scope="module")
 def output(tmp_path_factory) -> str:
     """A 3-shard output (shard size 2): 4 ok samples (rgb + mfcc), one failed row."""
-    from actprep.pipelines.cli import main as actprep
+    from actprep.commands.cli import main as actprep
 
     root = tmp_path_factory.mktemp("verify_videos")
     with open(root / "clips.jsonl", "w") as f:

@@ -16,7 +16,7 @@ import webdataset as wds
 from actprep.extractors.decode import DecodedSpan, iter_frames
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
 from actprep.extractors.probe import average_rate, frame_timing, probe
-from actprep.pipelines.synth import (jittered_times, join_videos, make_video, make_vfr_video,
+from actprep.extractors.synth import (jittered_times, join_videos, make_video, make_vfr_video,
                                      truncate_file)
 from conftest import LOCAL_BEAM, clip_key
 

@@ -18,7 +18,7 @@ from actprep.extractors.audio.vggish_torch import (VggishEmbedder, VggishStream,
                                                    load_state_dict)
 from actprep.extractors.decode import decode_audio, iter_audio
 from actprep.extractors.ffmpeg_bin import ffmpeg_exe
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 from actprep.schemas.sample import decode_sample
 from conftest import LOCAL_BEAM
 

@@ -272,7 +272,7 @@ def test_run_with_tfhub_backend_equals_torch_backend(hub_model, big_tmp, vggish_
                                                      tmp_path):
     import pyarrow.parquet as pq
 
-    from actprep.pipelines.synth import make_video
+    from actprep.extractors.synth import make_video
     from actprep.schemas.sample import iter_samples
     from conftest import LOCAL_BEAM
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from actprep.pipelines import layout, storage
 from actprep.pipelines.bounded import imap
 from actprep.pipelines.planfile import PlanError, read_spans
-from actprep.pipelines.verify import not_an_output
+from actprep.reports.verify import not_an_output
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.plan import OLD_ORDER, ORDER_SETTING, shard_name
@@ -466,7 +466,7 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
         return 2
     stats = output_stats(output, _labels(output), args.min_class_samples)
     if args.html:
-        from actprep.pipelines.stats_html import write_html
+        from actprep.reports.stats_html import write_html
         write_html(stats, output, args.html)
     print(json.dumps(stats, sort_keys=True) if args.json else render_text(stats, output))
     if args.html and not args.json:

@@ -39,7 +39,7 @@ def _check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> l
 
 def cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
             beam_args: list[str]) -> int:
-    from actprep.pipelines.runner import run
+    from actprep.commands.runner import run
 
     from actprep.pipelines.options import run_options_from_args
     opts = run_options_from_args(args)
@@ -48,14 +48,14 @@ def cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 def cmd_demo(parser: argparse.ArgumentParser, args: argparse.Namespace,
              beam_args: list[str]) -> int:
-    from actprep.pipelines.demo import run_demo
+    from actprep.commands.demo import run_demo
 
     return run_demo(args.output, _check_beam_args(parser, beam_args))
 
 
 def cmd_flow(parser: argparse.ArgumentParser, args: argparse.Namespace,
              beam_args: list[str]) -> int:
-    from actprep.pipelines.flowcli import FlowCliError, flow_images
+    from actprep.commands.flowcli import FlowCliError, flow_images
 
     if beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
@@ -90,7 +90,7 @@ def _add_flow_parser(sub) -> None:
 
 def cmd_vggish_convert(parser: argparse.ArgumentParser, args: argparse.Namespace,
                        beam_args: list[str]) -> int:
-    from actprep.pipelines.vggishcli import VggishConvertError, convert
+    from actprep.commands.vggishcli import VggishConvertError, convert
 
     if beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
@@ -146,9 +146,9 @@ def make_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--output", default="actprep-demo", help="folder (default ./actprep-demo)")
     demo_p.set_defaults(func=cmd_demo)
     _add_flow_parser(sub)
-    from actprep.pipelines.stats import add_stats_parser
+    from actprep.reports.stats import add_stats_parser
     add_stats_parser(sub)
-    from actprep.pipelines.verify import add_verify_parser
+    from actprep.reports.verify import add_verify_parser
     add_verify_parser(sub)
     _add_vggish_parser(sub)
     _add_debug(sub)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(exc: Exception) -> int:
     """One line for an error that ended a command: a fault of the environment (what to
     fix), or a bug (where to look)."""
-    from actprep.pipelines import exitcodes
+    from actprep.commands import exitcodes
     from actprep.pipelines.faults import EnvironmentFault, find_fault
 
     fault = find_fault(exc)

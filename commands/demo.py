@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from actprep.pipelines.options import RunOptions
-from actprep.pipelines.synth import make_video
+from actprep.extractors.synth import make_video
 from actprep.schemas.manifest import kinetics_key
 
 
@@ -76,7 +76,7 @@ def make_demo_set(root: str) -> str:
 
 
 def run_demo(output: str, beam_args: list[str]) -> int:
-    from actprep.pipelines.runner import run
+    from actprep.commands.runner import run
 
     os.makedirs(output, exist_ok=True)
     print(f"actprep demo: generating {len(DEMO_CLIPS) - len(MISSING)} clips in "

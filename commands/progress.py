@@ -12,26 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-
-class Tally:
-    """Videos done and failed in this process (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.done = 0
-        self.failed = 0
-
-    def add(self, ok: bool) -> None:
-        with self._lock:
-            self.done += 1
-            self.failed += not ok
-
-    def reset(self) -> None:
-        with self._lock:
-            self.done = self.failed = 0
-
-
-TALLY = Tally()
+from actprep.pipelines.tally import TALLY
 
 
 class ProgressMonitor(threading.Thread):
@@ -63,6 +44,6 @@ class ProgressMonitor(threading.Thread):
 def summarize(output: str) -> dict[str, Any]:
     """Totals over the committed index (``actprep stats``' figures, read a shard at a time):
     the ground truth of what a run produced, including each shard's row count."""
-    from actprep.pipelines.stats import output_stats
+    from actprep.reports.stats import output_stats
 
     return output_stats(output)

@@ -8,7 +8,7 @@ command line:
   option, named like the option with underscores (``--video-root`` -> ``video_root``), with
   the option's help text, ``isOptional`` from ``required``, and regexes where the value has a
   fixed shape (choices, numbers, booleans, WxH, modalities, gs:// paths).
-  ``python -m actprep.pipelines.flex --metadata`` prints it; the committed
+  ``python -m actprep.commands.flex --metadata`` prints it; the committed
   ``deploy/flex-template/metadata.json`` is checked against it by the tests.
 * :func:`run_arguments` turns what the Flex Template launcher passes to the program
   (``--name=value`` for every template parameter given, plus Beam/Dataflow options such as
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except FlexArgumentError as exc:
         print(f"actprep flex template: error: {exc}", file=sys.stderr)
         return 2
-    from actprep.pipelines import cli
+    from actprep.commands import cli
 
     print("actprep flex template: actprep " + " ".join(command), file=sys.stderr, flush=True)
     return cli.main(command)
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Entry of the template's Python file: ends the process like the console script."""
-    from actprep.pipelines.cli import exit_now
+    from actprep.commands.cli import exit_now
 
     exit_now(main())
 

@@ -13,7 +13,8 @@ from apache_beam.runners.runner import PipelineState
 
 from actprep.extractors import ffmpeg_bin
 from actprep.extractors.ffmpeg_bin import FfmpegError
-from actprep.pipelines import exitcodes, layout, storage
+from actprep.commands import exitcodes
+from actprep.pipelines import layout, storage
 from actprep.pipelines.commit import drop_work
 from actprep.pipelines.faults import EnvironmentFault, fault_in_text, find_fault
 from actprep.pipelines.job import (dry_run, job_counters, run_pipeline, runner_problem,
@@ -22,7 +23,7 @@ from actprep.pipelines.options import RunOptions
 from actprep.pipelines.models import check_models_here, check_models_remote
 from actprep.pipelines.planfile import PlanError
 from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
-from actprep.pipelines.progress import ProgressMonitor, summarize
+from actprep.commands.progress import ProgressMonitor, summarize
 from actprep.pipelines.repair import damaged_shards, undo_commit
 from actprep.pipelines.retry import reopen_shards_with_failures
 from actprep.pipelines.runlock import LockLost, RunLock, RunLocked
