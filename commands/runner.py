@@ -31,7 +31,9 @@ from actprep.pipelines.stageclock import STAGES
 from actprep.schemas.labels import LabelError
 from actprep.schemas.manifest import ManifestError
 from actprep.schemas.index import INTERNAL
-from actprep.schemas.plan import ShardSpan, shard_name
+from actprep.schemas import naming
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import ShardSpan
 
 
 SUMMARY_GROUPS = 10  # failure reasons the end summary lists; it says how many more there are
@@ -247,7 +249,7 @@ def plan_problems(output: str, spans: list[ShardSpan], shard_table: list[dict]) 
     """The index against the plan, shard by shard (``shard_table``: the summary's rows per
     committed shard): every planned shard committed with exactly its planned rows, and
     nothing else committed."""
-    rows = {int(s["shard"][len("shard-"):]): s["ok"] + s["failed"] for s in shard_table}
+    rows = {naming.shard_number(s["shard"]): s["ok"] + s["failed"] for s in shard_table}
     problems = []
     for span in spans:
         name = shard_name(span.shard)

@@ -7,7 +7,8 @@ import json
 from typing import IO, Iterator
 
 from actprep.pipelines import layout, storage
-from actprep.schemas.plan import PlanEntry, ShardSpan, WorkUnit, shard_name, split_span
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import PlanEntry, ShardSpan, WorkUnit, split_span
 
 SPANS_VERSION = 1
 

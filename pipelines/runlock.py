@@ -49,8 +49,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from actprep.pipelines import storage
 from actprep.pipelines.faults import EnvironmentFault
+from actprep.schemas.naming import LOCK
 
-LOCK = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
 SETTLE_S = 2.0  # object stores without conditional writes: pause before reading back

@@ -24,6 +24,7 @@ from actprep.pipelines.planfile import read_entries
 from actprep.pipelines.process import load_result, plan_result, process_entry
 from actprep.pipelines.retry import retryable
 from actprep.pipelines.stageclock import StageClock
+from actprep.schemas import naming
 from actprep.schemas.index import OK
 from actprep.schemas.plan import PlanEntry, WorkUnit
 
@@ -45,7 +46,7 @@ def run_video(opts: RunOptions, entry: PlanEntry, models: Callable[[], Models],
     fixed = plan_result(entry)
     if fixed is not None:
         return VideoDone(fixed, "plan")
-    result = load_result(opts, entry) if checkpointed is not False else None
+    result = load_result(opts.output, entry) if checkpointed is not False else None
     attempts = 1
     if result is not None and retryable(result, opts.retry_failed):
         attempts, result = (result.get("attempts") or 1) + 1, None
@@ -59,10 +60,8 @@ def run_video(opts: RunOptions, entry: PlanEntry, models: Callable[[], Models],
 
 def checkpointed_lines(output: str, shard: int) -> set[int]:
     """Lines of the shard whose result record exists: one listing of its work folder."""
-    suffix = ".result.json"
     names = (p.rsplit("/", 1)[-1] for p in storage.files_in(layout.work_dir(output, shard)))
-    return {int(n[:-len(suffix)]) for n in names
-            if n.endswith(suffix) and n[:-len(suffix)].isdigit()}
+    return {line for n in names if (line := naming.result_line(n)) is not None}
 
 
 @dataclass
@@ -167,7 +166,7 @@ class UnitRunner:
     def _unit_done(self, state: _Unit) -> Iterator[tuple[int, UnitSummary]]:
         if state.unit.whole:  # the whole shard is here: commit it now, on the pool
             unit, entries, results = state.unit, state.entries, state.results
-            self._start(lambda: commit_shard(self.opts, unit.shard, entries, results),
+            self._start(lambda: commit_shard(self.opts.output, unit.shard, entries, results),
                         ("commit", state))
             return
         yield state.unit.shard, self._summary(state)

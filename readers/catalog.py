@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 
 from actprep.readers import order, sources
 from actprep.schemas.index import OK, read_index
-from actprep.schemas.plan import INDEX_DIR, SHARD_TAR_GLOB
+from actprep.schemas import naming
+from actprep.schemas.naming import INDEX_DIR, SHARD_TAR_GLOB
 COLUMNS = ["key", "status", "tar_offset", "tar_bytes"]
 LOAD_THREADS = 16
 
@@ -61,9 +62,8 @@ class Catalog:
 
 def index_url(tar_url: str) -> str:
     """Where actprep writes the index of a shard tar: ``index/NAME.parquet`` beside it."""
-    name = sources.basename(tar_url)
-    stem = name[:-len(".tar")] if name.endswith(".tar") else name
-    return sources.join(sources.dirname(tar_url), INDEX_DIR, stem + ".parquet")
+    return sources.join(sources.dirname(tar_url), INDEX_DIR,
+                        naming.index_stem(sources.basename(tar_url)))
 
 
 def resolve(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[str, list[str]]:

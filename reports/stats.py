@@ -33,7 +33,8 @@ from actprep.pipelines.planfile import PlanError, read_spans
 from actprep.reports.verify import not_an_output
 from actprep.schemas.index import INDEX_SCHEMA, OK, read_index
 from actprep.schemas.labels import LabelMap
-from actprep.schemas.plan import OLD_ORDER, ORDER_SETTING, shard_name
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import OLD_ORDER, ORDER_SETTING
 
 QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
 # what the figures use: reading and filtering only these is 2x faster than the whole index

@@ -26,6 +26,7 @@ from typing import Iterable
 
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.manifest import ManifestRow
+from actprep.schemas.naming import shard_name
 
 # the shard order of new plans, recorded in run.json; its absence there: the older order,
 # rows sorted by (key, line)
@@ -105,14 +106,6 @@ def split_span(span: ShardSpan, line_lengths: list[int], size: int) -> list[Work
                               offset, length))
         offset += length
     return units
-
-
-INDEX_DIR = "index"  # an output's Parquet index files: INDEX_DIR/shard-NNNNNN.parquet
-SHARD_TAR_GLOB = "shard-*.tar"  # an output's shard tars, as a shell pattern
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}"
 
 
 def join_root(root: str | None, rel: str) -> str:

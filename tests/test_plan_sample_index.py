@@ -18,7 +18,8 @@ from actprep.pipelines.planner import PlanMismatch, load_or_create_plan
 from actprep.schemas.index import FIELDS, INDEX_SCHEMA, index_table, read_index, write_index
 from actprep.schemas.labels import LabelMap
 from actprep.schemas.manifest import ManifestRow
-from actprep.schemas.plan import PlanEntry, join_root, make_plan, order_hash, shard_name
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import PlanEntry, join_root, make_plan, order_hash
 from actprep.schemas.sample import (
     CLS,
     JSON,
