@@ -21,6 +21,7 @@ import pyarrow as pa
 from actprep.pipelines import layout, storage
 from actprep.pipelines.bounded import imap
 from actprep.pipelines.fragment import SampleWriter, sample_writer
+from actprep.schemas import sample
 from actprep.schemas.index import FAILED, INTERNAL, OK, read_index
 
 
@@ -70,7 +71,7 @@ def reopen_shard(output: str, shard: int, rows: list[dict[str, Any]]) -> None:
             tarfile.open(fileobj=src, mode="r|") as tar, contextlib.ExitStack() as stack:
         key, writer = None, None
         for member in tar:
-            member_key = member.name.split(".", 1)[0]
+            member_key = sample.member_key(member.name)
             if member_key != key:
                 if writer is not None:
                     _finish(stack, writer, ok[key])

@@ -49,15 +49,11 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from actprep.readers import order, sources, tarindex
 from actprep.readers.catalog import Catalog, load_tars, resolve
 from actprep.readers.sampling import MODES, clip_indices, tsn_indices
-from actprep.schemas.sample import (CLS, JSON, MFCC, VGGISH, VGGISH_PCA, dequantize_flow,
+from actprep.schemas import sample as layout_table
+from actprep.schemas.sample import (AUDIO, CLS, JSON, MODALITIES, dequantize_flow,
                                     flow_raw_suffix, flow_x_suffix, flow_y_suffix, rgb_suffix)
 
-MODALITIES = ("rgb", "flow", "audio")
 SAMPLINGS = ("tsn", "clip")
-AUDIO = {"mfcc": MFCC, "vggish": VGGISH, "vggish_pca": VGGISH_PCA}
-# member families (the suffix up to its first dot) each modality needs; json and cls always
-_FAMILIES = {"rgb": {"rgb"}, "flow": {"flow_x", "flow_y", "flow"},
-             "audio": {"mfcc", "vggish", "vggish_pca"}}
 DEFAULT_TRAIN_SHUFFLE = 100
 
 
@@ -206,7 +202,7 @@ class ActprepDataset(IterableDataset):
         remote = any(sources.is_remote(u) for u in self.urls)
         self.read_ahead = (4 if remote else 0) if read_ahead is None else int(read_ahead)
         self.batch_size: int | None = None  # set by make_loader: the worker split's unit
-        self._families = {"json", "cls"}.union(*(_FAMILIES[m] for m in self.modalities))
+        self._families = layout_table.families(self.modalities)
         self._catalog: Catalog | None = None
         self._reader: sources.RangeReader | None = None
 
@@ -266,8 +262,8 @@ class ActprepDataset(IterableDataset):
 
     def wanted(self, name: str) -> bool:
         """Whether tar member ``name`` is read at all: json, cls and the asked modalities."""
-        suffix = os.path.basename(name).split(".", 1)[-1]
-        return suffix.split(".", 1)[0] in self._families
+        suffix = layout_table.split_member(os.path.basename(name))[1]
+        return layout_table.family(suffix) in self._families
 
     def worker_samples(self) -> np.ndarray:
         """This DataLoader worker's share of ``rank_samples()``: the samples of batches
@@ -321,7 +317,7 @@ class ActprepDataset(IterableDataset):
         view = memoryview(data)
         try:
             for name, start, size in tarindex.iter_members(data):
-                member_key, _, suffix = name.partition(".")
+                member_key, suffix = layout_table.split_member(name)
                 if member_key != key:
                     raise tarindex.TarFormatError(f"member {name} is not the sample's")
                 if self.wanted(name):

@@ -19,6 +19,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from actprep.readers import sources
+from actprep.schemas.sample import member_key
 from actprep.schemas.tarformat import BLOCK, pax_records
 
 _ZERO = bytes(BLOCK)
@@ -129,7 +130,7 @@ def scan(stream: BinaryIO) -> tuple[list[str], np.ndarray, np.ndarray]:
             else:
                 long_name = data.rstrip(b"\0")
         elif kind != _PAX_GLOBAL:
-            key = _member_name(pax, long_name or name).split(".", 1)[0]
+            key = member_key(_member_name(pax, long_name or name))
             end = pos + BLOCK + _padded(size)
             if keys and keys[-1] == key:
                 ends[-1] = end

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -32,40 +32,113 @@ import numpy as np
 from actprep.schemas.version import ACTPREP_VERSION, LAYOUT_VERSION
 
 FRAME_DIGITS = 6
-JSON = "json"
-CLS = "cls"
-MFCC = "mfcc.npy"
-VGGISH = "vggish.npy"
-VGGISH_PCA = "vggish_pca.npy"
-_RGB = re.compile(r"^rgb\.(\d+)\.jpg$")
-_FLOW_X = re.compile(r"^flow_x\.(\d+)\.jpg$")
-_FLOW_Y = re.compile(r"^flow_y\.(\d+)\.jpg$")
-_FLOW_RAW = re.compile(r"^flow\.(\d+)\.npy$")
 TAR_FORMAT = tarfile.PAX_FORMAT
 
 
-def rgb_suffix(number: int) -> str:
-    """Member suffix of RGB frame ``number`` (1-based, as mmaction2's rawframes)."""
-    return f"rgb.{number:0{FRAME_DIGITS}d}.jpg"
+@dataclass(frozen=True)
+class MemberKind:
+    """One family of sample members: its suffix, what needs it, where it sits in a sample
+    and what its bytes must be. The writer, ``actprep verify``, the readers and retry all
+    work from ``MEMBERS``, so a new modality is a row here, its extractor and its stage."""
+
+    family: str  # the suffix up to its first dot: "rgb", "flow_x", "mfcc", ...
+    extension: str  # "jpg", "npy", "json", "cls": a stock WebDataset decoder's
+    modality: str | None  # the reader modality that reads it; None: every sample (json, cls)
+    stage: str | None  # the run modality (``--modalities``) that writes it; None: always
+    order: tuple[int, int]  # (place in a sample, place among one frame's numbered members)
+    numbered: bool = False  # one member per frame or flow, numbered 1..N (FRAME_DIGITS)
+    counted_by: str | None = None  # the index row field that says how many (numbered) or,
+    #                                when not null, that the single member is there
+    always: bool = False  # a single member every sample has
+    optional: bool = False  # numbered members that a run's options may leave out
+    channels: int | None = None  # a JPEG's channels
+    dtype: str | None = None  # an .npy's dtype
+    shape: tuple[int | str | None, ...] = ()  # an .npy's shape: sizes, index row fields
+    #                                            (their value), None (any size)
+
+    def suffix(self, number: int | None = None) -> str:
+        """The member suffix (after ``KEY.``): ``rgb.000007.jpg``, ``mfcc.npy``, ``json``."""
+        if self.numbered:
+            return f"{self.family}.{number:0{FRAME_DIGITS}d}.{self.extension}"
+        return self.extension if self.family == self.extension else \
+            f"{self.family}.{self.extension}"
+
+    def rank(self, number: int | None) -> tuple[int, int, int]:
+        """Sort key of the documented member order within a sample."""
+        return self.order[0], number or 0, self.order[1]
 
 
-def flow_x_suffix(number: int) -> str:
-    """Member suffix of the x component of flow ``number`` (frame N to N+1, 1-based)."""
-    return f"flow_x.{number:0{FRAME_DIGITS}d}.jpg"
+MEMBERS = (
+    MemberKind("cls", "cls", None, None, (0, 0), counted_by="label_index"),
+    MemberKind("rgb", "jpg", "rgb", "rgb", (1, 0), numbered=True, counted_by="frames",
+               channels=3),
+    MemberKind("flow_x", "jpg", "flow", "flow", (1, 1), numbered=True, counted_by="flow_pairs",
+               channels=1),
+    MemberKind("flow_y", "jpg", "flow", "flow", (1, 2), numbered=True, counted_by="flow_pairs",
+               channels=1),
+    MemberKind("flow", "npy", "flow", "flow", (1, 3), numbered=True, counted_by="flow_pairs",
+               optional=True, dtype="float16", shape=(2, "height", "width")),
+    MemberKind("mfcc", "npy", "audio", "mfcc", (2, 0), counted_by="mfcc_frames", dtype="float32",
+               shape=(None, "mfcc_frames")),
+    MemberKind("vggish", "npy", "audio", "vggish", (3, 0), counted_by="vggish_examples",
+               dtype="float32", shape=("vggish_examples", 128)),
+    MemberKind("vggish_pca", "npy", "audio", "vggish", (4, 0), dtype="uint8",
+               shape=("vggish_examples", 128)),
+    MemberKind("json", "json", None, None, (5, 0), always=True),
+)
+KINDS = {kind.family: kind for kind in MEMBERS}
+MODALITIES = ("rgb", "flow", "audio")  # what a reader can ask for
+STAGES = tuple(dict.fromkeys(k.stage for k in MEMBERS if k.stage))  # what a run can write
 
-
-def flow_y_suffix(number: int) -> str:
-    """Member suffix of the y component of flow ``number``."""
-    return f"flow_y.{number:0{FRAME_DIGITS}d}.jpg"
-
-
-def flow_raw_suffix(number: int) -> str:
-    """Member suffix of raw flow ``number`` (float16 [2, H, W], with ``--flow-raw``)."""
-    return f"flow.{number:0{FRAME_DIGITS}d}.npy"
+JSON = KINDS["json"].suffix()
+CLS = KINDS["cls"].suffix()
+MFCC = KINDS["mfcc"].suffix()
+VGGISH = KINDS["vggish"].suffix()
+VGGISH_PCA = KINDS["vggish_pca"].suffix()
+rgb_suffix = KINDS["rgb"].suffix  # frame N (1-based, as mmaction2's rawframes)
+flow_x_suffix = KINDS["flow_x"].suffix  # flow N: frame N to N+1, 1-based
+flow_y_suffix = KINDS["flow_y"].suffix
+flow_raw_suffix = KINDS["flow"].suffix  # float16 [2, H, W], with --flow-raw
+AUDIO = {kind.family: kind.suffix() for kind in MEMBERS if kind.modality == "audio"}
 
 
 def member_name(key: str, suffix: str) -> str:
     return f"{key}.{suffix}"
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """(key, suffix) of a member name: the key ends at the first dot (WebDataset's rule)."""
+    key, _, suffix = name.partition(".")
+    return key, suffix
+
+
+def member_key(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def family(suffix: str) -> str:
+    """The family of a member suffix (``flow_x.000003.jpg`` -> ``flow_x``)."""
+    return suffix.split(".", 1)[0]
+
+
+def parse_suffix(suffix: str) -> tuple[MemberKind, int | None] | None:
+    """(kind, frame number or None) of a member suffix as the writer names it; None if it
+    is not in the layout or not canonically numbered."""
+    kind = KINDS.get(family(suffix))
+    if kind is None:
+        return None
+    if not kind.numbered:
+        return (kind, None) if suffix == kind.suffix() else None
+    parts = suffix.split(".")
+    if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
+        return None
+    number = int(parts[1])
+    return (kind, number) if kind.suffix(number) == suffix else None
+
+
+def families(modalities: frozenset[str] | set[str]) -> frozenset[str]:
+    """The member families a reader of ``modalities`` reads: theirs, plus json and cls."""
+    return frozenset(k.family for k in MEMBERS if k.modality is None or k.modality in modalities)
 
 
 def tar_info(name: str, size: int) -> tarfile.TarInfo:
@@ -124,9 +197,10 @@ def sample_metadata(*, key: str, dataset: str, split: str | None, label: str | N
     }
 
 
-def _numbered(sample: Mapping[str, Any], pattern: re.Pattern, what: str) -> list[str]:
-    """Member suffixes matching ``pattern`` in number order; they must be numbered 1..N."""
-    found = sorted((int(m.group(1)), k) for k in sample if (m := pattern.match(k)))
+def _numbered(sample: Mapping[str, Any], family_name: str, what: str) -> list[str]:
+    """Member suffixes of a numbered family in number order; they must be numbered 1..N."""
+    found = sorted((parsed[1], k) for k in sample if family(k) == family_name
+                   and (parsed := parse_suffix(k)) is not None)
     if [n for n, _ in found] != list(range(1, len(found) + 1)):
         raise ValueError(f"sample {sample.get('__key__')}: {what} are not numbered 1..N")
     return [k for _, k in found]
@@ -149,12 +223,12 @@ def _decode_flow(sample: Mapping[str, Any], meta: Mapping[str, Any]) -> np.ndarr
     from the x/y JPEGs; None when the sample has no flow."""
     import cv2
 
-    raw = _numbered(sample, _FLOW_RAW, "raw flows")
+    raw = _numbered(sample, "flow", "raw flows")
     if raw:
         return np.stack([np.load(io.BytesIO(sample[k]), allow_pickle=False) for k in raw]
                         ).astype(np.float32)
-    xs = _numbered(sample, _FLOW_X, "flow x members")
-    ys = _numbered(sample, _FLOW_Y, "flow y members")
+    xs = _numbered(sample, "flow_x", "flow x members")
+    ys = _numbered(sample, "flow_y", "flow y members")
     if len(xs) != len(ys):
         raise ValueError(f"sample {sample.get('__key__')}: {len(xs)} flow x members but "
                          f"{len(ys)} flow y members")
@@ -179,7 +253,7 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     ``vggish_pca`` (uint8 [n, 128] or None)."""
     import cv2  # local: only readers need it
 
-    frames = _numbered(sample, _RGB, "RGB frames")
+    frames = _numbered(sample, "rgb", "RGB frames")
     rgb = [_jpeg(sample[k], cv2.IMREAD_COLOR)[:, :, ::-1] for k in frames]
     meta = json.loads(sample[JSON])
     return {
@@ -188,9 +262,7 @@ def decode_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
         "label": int(sample[CLS]) if CLS in sample else None,
         "rgb": np.stack(rgb) if rgb else np.zeros((0, meta["height"], meta["width"], 3), np.uint8),
         "flow": _decode_flow(sample, meta),
-        "mfcc": _npy(sample, MFCC),
-        "vggish": _npy(sample, VGGISH),
-        "vggish_pca": _npy(sample, VGGISH_PCA),
+        **{name: _npy(sample, suffix) for name, suffix in AUDIO.items()},
     }
 
 

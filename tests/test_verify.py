@@ -13,7 +13,8 @@ import pytest
 
 from actprep.pipelines.fragment import open_shard
 from actprep.extractors.synth import make_garbage, make_video
-from actprep.reports.verify import TarReader, add_verify_parser, main
+from actprep.reports.tarstream import TarReader
+from actprep.reports.verify import add_verify_parser, main
 from actprep.schemas.sample import tar_info
 from actprep.schemas.index import read_index, write_index
 from conftest import LOCAL_BEAM
