@@ -18,10 +18,10 @@ from typing import Any
 from actprep.pipelines import layout, storage
 from actprep.pipelines.fragment import copy_members, open_shard
 from actprep.pipelines.crashpoints import crash_point
-from actprep.pipelines.options import RunOptions
 from actprep.pipelines.process import load_result, plan_result
 from actprep.schemas.index import OK, write_index
-from actprep.schemas.plan import PlanEntry, shard_name
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import PlanEntry
 
 NAMED = 10  # keys named in a refusal; the rest are counted
 
@@ -43,7 +43,7 @@ class ShardIncomplete(Exception):
                 "message": str(self)}
 
 
-def gather_results(opts: RunOptions, shard: int, entries: list[PlanEntry],
+def gather_results(output: str, shard: int, entries: list[PlanEntry],
                    known: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One result per planned entry, in plan order: from ``known`` (line -> result, what a
     worker holds in memory), from the plan (manifest failures) or from the checkpoint.
@@ -51,7 +51,7 @@ def gather_results(opts: RunOptions, shard: int, entries: list[PlanEntry],
     known = dict(known or {})
     rows, missing, extra = [], [], []
     for entry in entries:
-        row = known.pop(entry.line, None) or plan_result(entry) or load_result(opts, entry)
+        row = known.pop(entry.line, None) or plan_result(entry) or load_result(output, entry)
         if row is None:
             missing.append(entry.key)
         elif row.get("key") != entry.key or row.get("line") != entry.line:
@@ -65,16 +65,16 @@ def gather_results(opts: RunOptions, shard: int, entries: list[PlanEntry],
     return rows
 
 
-def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
+def commit_shard(output: str, shard: int, entries: list[PlanEntry],
                  known: dict[int, dict[str, Any]] | None = None) -> dict:
     """Builds ``shard-NNNNNN.tar`` and its index from the shard's results (one per plan
     entry, ok or failed), in (key, line) order; ok rows get their sample's byte range in
     the tar (``tar_offset``, ``tar_bytes``: readers seek to a sample without a scan).
     Returns a small summary; raises ShardIncomplete (and commits nothing) unless the
     results are exactly the plan's."""
-    rows = sorted((dict(r) for r in gather_results(opts, shard, entries, known)),
+    rows = sorted((dict(r) for r in gather_results(output, shard, entries, known)),
                   key=lambda r: (r["key"], r["line"]))
-    with storage.atomic_writer(layout.shard_tar(opts.output, shard)) as stream:
+    with storage.atomic_writer(layout.shard_tar(output, shard)) as stream:
         counted = _Counted(stream)
         tar = open_shard(counted)
         for number, row in enumerate(rows, 1):
@@ -82,7 +82,7 @@ def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
                 crash_point("commit:tar")
             row["tar_offset"] = row["tar_bytes"] = None
             if row["status"] == OK:
-                fragment = layout.fragment_path(opts.output, shard, row["line"])
+                fragment = layout.fragment_path(output, shard, row["line"])
                 start = tar.offset  # the sample's byte range: its members are consecutive
                 with storage.FileSystems.open(fragment, compression_type="uncompressed") as src:
                     copied = copy_members(src, tar)
@@ -93,10 +93,10 @@ def commit_shard(opts: RunOptions, shard: int, entries: list[PlanEntry],
         tar.close()
         buf = io.BytesIO()
         write_index(rows, buf, tar_bytes=counted.bytes)
-        storage.write_atomic(layout.shard_index(opts.output, shard), buf.getvalue())
+        storage.write_atomic(layout.shard_index(output, shard), buf.getvalue())
         crash_point("commit:index")
     crash_point("commit:renamed")
-    drop_work(opts.output, shard)
+    drop_work(output, shard)
     ok = sum(r["status"] == OK for r in rows)
     return {"shard": shard, "ok": ok, "failed": len(rows) - ok}
 

@@ -157,7 +157,7 @@ class CommitShards(beam.DoFn):
             uncovered = [e.key for i, e in enumerate(entries) if i not in covered]
             if uncovered:
                 raise ShardIncomplete(shard, uncovered, [])
-            summary = commit_shard(self.opts, shard, entries)
+            summary = commit_shard(self.opts.output, shard, entries)
         except ShardIncomplete as refusal:
             log.error("%s", refusal)
             record_refusal(self.opts.output, refusal)

@@ -29,7 +29,8 @@ from actprep.pipelines.options import RunOptions
 from actprep.pipelines.stageclock import NoClock, StageClock
 from actprep.schemas import sample
 from actprep.schemas.index import FAILED, INTERNAL, OK
-from actprep.schemas.plan import PlanEntry, shard_name
+from actprep.schemas.naming import shard_name
+from actprep.schemas.plan import PlanEntry
 
 
 def base_row(entry: PlanEntry) -> dict[str, Any]:
@@ -50,9 +51,9 @@ def plan_result(entry: PlanEntry) -> dict[str, Any] | None:
     return {**failed(entry, "manifest", entry.error), "attempts": 1}
 
 
-def load_result(opts: RunOptions, entry: PlanEntry) -> dict[str, Any] | None:
+def load_result(output: str, entry: PlanEntry) -> dict[str, Any] | None:
     """The checkpointed result of an earlier attempt at this video, if any."""
-    path = layout.result_path(opts.output, entry.shard, entry.line)
+    path = layout.result_path(output, entry.shard, entry.line)
     text = storage.read_text_if_exists(path)
     return json.loads(text) if text is not None else None
 
@@ -217,41 +218,44 @@ def _write_frames(writer: SampleWriter, key: str, path: str, info: MediaInfo,
         for pairs, flow in enumerate(clock.iterate(engine.flows(tap), "flow"), 1):
             tap.write_rgb(writer, key, upto=pairs)
             with clock.stage("flow_jpeg"):
-                _write_flow(writer, key, pairs, flow, opts)
+                _write_flow(writer, key, pairs, flow, opts.flow_bound, opts.jpeg_quality,
+                            opts.flow_raw)
                 total += float(np.sqrt(np.square(flow, dtype=np.float32).sum(-1)).mean())
         magnitude = round(total / pairs, 4) if pairs else None
     else:
         for _ in tap:
             tap.write_rgb(writer, key, upto=tap.count)
     tap.write_rgb(writer, key, upto=tap.count)
-    _check_length(tap.count, span.seconds, info, fps, opts)
+    _check_length(tap.count, span.seconds, info, fps, opts.min_decoded_fraction)
     if pairs is not None and pairs != tap.count - 1:
         raise RuntimeError(f"flow: {pairs} flow fields for {tap.count} frames (expected "
                            f"{tap.count - 1})")
     return tap.count, pairs, magnitude
 
 
-def _write_flow(writer: SampleWriter, key: str, number: int, flow: np.ndarray,
-                opts: RunOptions) -> None:
-    """Flow ``number`` as quantized x/y grayscale JPEGs, plus float16 [2, H, W] if raw."""
-    q = quantize(flow, opts.flow_bound)
+def _write_flow(writer: SampleWriter, key: str, number: int, flow: np.ndarray, bound: float,
+                quality: int, raw: bool) -> None:
+    """Flow ``number`` as x/y grayscale JPEGs quantized to +-``bound``, plus float16
+    [2, H, W] with ``raw``."""
+    q = quantize(flow, bound)
     writer.add(sample.member_name(key, sample.flow_x_suffix(number)),
-               encode_gray_jpeg(q[:, :, 0], opts.jpeg_quality))
+               encode_gray_jpeg(q[:, :, 0], quality))
     writer.add(sample.member_name(key, sample.flow_y_suffix(number)),
-               encode_gray_jpeg(q[:, :, 1], opts.jpeg_quality))
-    if opts.flow_raw:
-        raw = np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float16)
-        writer.add(sample.member_name(key, sample.flow_raw_suffix(number)), sample.npy_bytes(raw))
+               encode_gray_jpeg(q[:, :, 1], quality))
+    if raw:
+        half = np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float16)
+        writer.add(sample.member_name(key, sample.flow_raw_suffix(number)),
+                   sample.npy_bytes(half))
 
 
 def _check_length(count: int, seconds: float | None, info: MediaInfo, fps: float,
-                  opts: RunOptions) -> None:
+                  min_fraction: float) -> None:
     """Raises MediaError when the decode ended clearly before the duration the header
     declares. Judged by time: ``seconds``, where ffmpeg says its output ended (the frames'
     timestamps, right whatever rate ffmpeg chose), else ``count / fps``; one frame of slack."""
-    if info.duration and opts.min_decoded_fraction > 0:
+    if info.duration and min_fraction > 0:
         decoded = seconds if seconds is not None else count / fps
-        if decoded < opts.min_decoded_fraction * info.duration - 1 / fps:
+        if decoded < min_fraction * info.duration - 1 / fps:
             raise MediaError("decode", f"truncated: decoded {count} frames ({decoded:.2f} s) "
                              f"of the {info.duration:.2f} s its header declares")
 
