@@ -42,6 +42,8 @@ from actprep.extractors.flow.params import preset
 SIZE = (340, 256)
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "middlebury"))
+if not os.path.isdir(DEFAULT_DATA):  # no shared set beside the checkout: the repository's
+    DEFAULT_DATA = os.path.join(HERE, "..", "tests", "data", "middlebury")  # (3 sequences, gray)
 
 
 def load_pairs(data: str, count: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -9,10 +9,15 @@ the compiled runs are warmed up first, so compilation is not in their time), the
 largest |fused - eager| flow difference per preset over the sequences.
 
     python benchmarks/flow_accuracy.py [--data DIR] [--device cpu|cuda] [--runs a,b,...]
+
+--data defaults to the shared reference set beside the checkout (../shared/data/middlebury,
+all 8 sequences) and, where that is absent, to the repository's tests/data/middlebury (3 of
+them: gray frames, ground truth within 1/2048 px; tests/data/README.md).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
@@ -27,7 +32,9 @@ from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
 SEQUENCES = ("Dimetrodon", "Grove2", "Grove3", "Hydrangea", "RubberWhale", "Urban2", "Urban3",
              "Venus")
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "middlebury"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "middlebury"
+DEFAULT_DATA = SHARED_DATA if SHARED_DATA.is_dir() else REPO / "tests" / "data" / "middlebury"
 RUNS = ("fused:opencv", "torch:opencv", "fused:tsn", "torch:tsn", "fused:quality",
         "torch:quality", "opencv:opencv", "opencv:quality")
 UNKNOWN = 1e9
@@ -43,6 +50,17 @@ def load_gray(seq_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """frame10 and frame11 as uint8 gray."""
     return tuple(cv2.cvtColor(cv2.imread(str(seq_dir / f"frame{n}.png")), cv2.COLOR_BGR2GRAY)
                  for n in (10, 11))
+
+
+def load_gt(seq_dir: Path) -> np.ndarray:
+    """flow10.flo, or the compact flow10.npz of tests/data."""
+    if (seq_dir / "flow10.flo").exists():
+        return read_flo(str(seq_dir / "flow10.flo"))
+    spec = importlib.util.spec_from_file_location("make_data",
+                                                  REPO / "tests" / "data" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    return make_data.read_flow(str(seq_dir / "flow10.npz"))
 
 
 def torch_tvl1(prev: np.ndarray, nxt: np.ndarray, p: TVL1Params, device: str,
@@ -74,17 +92,18 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--runs", default=",".join(RUNS),
                     help="comma-separated backend:preset (backend torch or opencv)")
-    ap.add_argument("--sequences", default=",".join(SEQUENCES))
+    ap.add_argument("--sequences", help="default: those of the 8 under --data")
     args = ap.parse_args()
     runs = args.runs.split(",")
-    seqs = args.sequences.split(",")
+    seqs = (args.sequences.split(",") if args.sequences else
+            [s for s in SEQUENCES if (args.data / s / "frame10.png").exists()])
     table: dict[str, list[float]] = {r: [] for r in runs}
     seconds: dict[str, float] = {r: 0.0 for r in runs}
     diffs: dict[str, float] = {}
     warm_up(runs, args.device)
     for seq in seqs:
         prev, nxt = load_gray(args.data / seq)
-        gt = read_flo(str(args.data / seq / "flow10.flo"))
+        gt = load_gt(args.data / seq)
         flows = {}
         for run in runs:
             t0 = time.perf_counter()

@@ -66,6 +66,8 @@ W, H = SIZE
 PIXELS = W * H
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "middlebury"))
+if not os.path.isdir(DEFAULT_DATA):  # no shared set beside the checkout: the repository's
+    DEFAULT_DATA = os.path.join(HERE, "..", "tests", "data", "middlebury")  # (3 sequences, gray)
 REAL_SEQUENCES = ("Dimetrodon", "Grove2", "Grove3", "Hydrangea", "RubberWhale")
 # name: (memory bandwidth B/s, FP32 non-tensor peak FLOP/s), vendor figures
 GPUS = {"H200": (4.8e12, 67e12), "L4": (300e9, 30e12)}
@@ -618,8 +620,8 @@ def count_presets(pairs: list, presets: list[str], unroll: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="Middlebury folder")
-    p.add_argument("--sequences", default=",".join(REAL_SEQUENCES),
-                   help="Middlebury sequences (default: the real-camera ones)")
+    p.add_argument("--sequences",
+                   help="Middlebury sequences (default: the real-camera ones under --data)")
     p.add_argument("--video", help="count on consecutive pairs of this video instead")
     p.add_argument("--pairs", type=int, default=8, help="pairs taken from --video")
     p.add_argument("--presets", default="opencv,quality,tsn")
@@ -650,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
         pairs = load_video(args.video, args.pairs)
         source = f"{len(pairs)} consecutive pairs of {args.video}"
     else:
-        names = args.sequences.split(",")
+        names = (args.sequences.split(",") if args.sequences else
+                 [n for n in REAL_SEQUENCES
+                  if os.path.exists(os.path.join(args.data, n, "frame10.png"))])
         pairs = load_middlebury(args.data, names)
         source = f"Middlebury frame10/frame11 of {', '.join(names)}"
     info = {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)),

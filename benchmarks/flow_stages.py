@@ -34,6 +34,8 @@ from actprep.extractors.flow import tvl1_torch as tv
 from actprep.extractors.flow.params import preset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "middlebury"
+if not DEFAULT_DATA.is_dir():  # no shared set beside the checkout: the repository's
+    DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "middlebury"
 STAGES = {"_pyramid": "pyramid", "_warp_terms": "warp", "_filter_active": "median",
           "_inner_compiled": "inner loop", "_upscale_flow": "upscale"}
 SIZE = (340, 256)

@@ -29,6 +29,8 @@ from actprep.extractors.audio.vggish_torch import VggishEmbedder, VggishStream
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "vggish"))
+if not os.path.isdir(DEFAULT_DATA):  # no shared set beside the checkout: the same files
+    DEFAULT_DATA = os.path.join(HERE, "..", "tests", "data", "vggish")
 
 
 def test_weights(data: str) -> dict:

@@ -1,4 +1,5 @@
-"""Shared fixtures: small real media generated with ffmpeg, and a runner for the CLI."""
+"""Shared fixtures: small real media generated with ffmpeg, a runner for the CLI, and the
+reference data of tests/data (Middlebury flow, VGGish golden arrays)."""
 from __future__ import annotations
 
 import csv
@@ -12,22 +13,70 @@ from actprep.extractors.synth import make_garbage, make_video, truncate_file
 
 LOCAL_BEAM = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
-# Reference data (Middlebury flow, VGGish golden arrays): the shared folder beside the
-# checkout, or $ACTPREP_SHARED_DATA.
-SHARED_DATA = os.environ.get("ACTPREP_SHARED_DATA") or os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-MIDDLEBURY = os.path.join(SHARED_DATA, "middlebury")
+# Reference data (Middlebury flow, VGGish golden arrays), carried in the repository:
+# tests/data (README.md there: provenance, format; SHA256SUMS; make_data.py rebuilds it).
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
-def require_shared_data(path: str) -> str:
-    """``path`` if the reference data is there; otherwise skip, except under CI, where its
-    absence is an error (a silently skipped accuracy test is no test)."""
+def reference_data(*parts: str) -> str:
+    """The path of a file or folder of tests/data. It is part of the repository, so a missing
+    one is an error (a silently skipped accuracy test is no test)."""
+    path = os.path.join(DATA, *parts)
     if not os.path.exists(path):
-        message = f"reference data not found: {path} (set ACTPREP_SHARED_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"reference data missing: {path} (tests/data is part of the repository; "
+                    "tests/data/make_data.py rebuilds it)")
     return path
+
+
+def load_data_script(*parts: str):
+    """A Python file of tests/data (make_data.py, vggish/make_weights.py) as a module."""
+    import importlib.util
+
+    path = reference_data(*parts)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(parts[-1])[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def middlebury_gray(seq: str):
+    """frame10 and frame11 of a Middlebury sequence as uint8 gray [H, W]: the originals'
+    cv2.cvtColor(cv2.imread(png), cv2.COLOR_BGR2GRAY), bit for bit."""
+    import cv2
+
+    frames = tuple(cv2.imread(reference_data("middlebury", seq, f"frame{n}.png"),
+                              cv2.IMREAD_UNCHANGED) for n in (10, 11))
+    assert all(f.ndim == 2 and f.dtype.name == "uint8" for f in frames), seq
+    return frames
+
+
+def middlebury_flow(seq: str):
+    """The ground truth of a Middlebury sequence as float32 [H, W, 2], as ``read_flo`` gives
+    the original flow10.flo (within 1/2048 px; unknown pixels above 1e9)."""
+    make_data = load_data_script("make_data.py")
+    return make_data.read_flow(reference_data("middlebury", seq, "flow10.npz"))
+
+
+_MIDDLEBURY_FOLDERS: dict[str, str] = {}
+
+
+def middlebury_folder(seq: str) -> str:
+    """A folder laid out as the original sequence: frame10.png, frame11.png and the ground
+    truth as a Middlebury flow10.flo; made once per test session, removed at exit."""
+    if seq not in _MIDDLEBURY_FOLDERS:
+        import atexit
+        import tempfile
+
+        from actprep.extractors.flow.flo import write_flo
+
+        folder = tempfile.mkdtemp(prefix=f"actprep-middlebury-{seq}-")
+        atexit.register(shutil.rmtree, folder, True)
+        for n in (10, 11):
+            shutil.copyfile(reference_data("middlebury", seq, f"frame{n}.png"),
+                            os.path.join(folder, f"frame{n}.png"))
+        write_flo(os.path.join(folder, "flow10.flo"), middlebury_flow(seq))
+        _MIDDLEBURY_FOLDERS[seq] = folder
+    return _MIDDLEBURY_FOLDERS[seq]
 
 
 def shards_and_index(out) -> dict[str, bytes]:
@@ -158,32 +207,18 @@ def run_cli():
     return run
 
 
-@pytest.fixture
-def middlebury() -> str:
-    """The Middlebury sequences of the shared reference data."""
-    return require_shared_data(MIDDLEBURY)
-
-
-VGGISH_DATA = os.path.join(SHARED_DATA, "vggish")
-
-
 @pytest.fixture(scope="session")
 def vggish_ref(tmp_path_factory):
     """The VGGish reference data: ``golden`` (the npz), ``weights`` and ``pca`` (arrays from
     make_weights.py), and the files a user would pass: ``weights_path`` (torch state_dict
     .pth) and ``pca_path`` (vggish_pca_params.npz layout)."""
-    import importlib.util
     import types
 
     import numpy as np
     import torch
 
-    folder = require_shared_data(VGGISH_DATA)
-    spec = importlib.util.spec_from_file_location("make_weights",
-                                                  os.path.join(folder, "make_weights.py"))
-    make_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_weights)
-    ref = types.SimpleNamespace(golden=np.load(os.path.join(folder, "golden.npz")),
+    make_weights = load_data_script("vggish", "make_weights.py")
+    ref = types.SimpleNamespace(golden=np.load(reference_data("vggish", "golden.npz")),
                                 weights=make_weights.weights(), pca=make_weights.pca())
     out = tmp_path_factory.mktemp("vggish")
     ref.weights_path = str(out / "vggish.pth")

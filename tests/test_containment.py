@@ -293,6 +293,8 @@ def _run(run_cli, manifest, out, *extra) -> int:
                     *LOCAL_BEAM])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_reads_only_regular_files_inside_the_root(run_cli, video_tree, tmp_path):
     """With the root given as a link: links inside it are samples, links leading out and
     FIFOs are manifest failures and nothing of the outside folder is read."""
@@ -312,6 +314,8 @@ def test_cli_reads_only_regular_files_inside_the_root(run_cli, video_tree, tmp_p
     assert sum(r["status"] == "ok" for r in rows.values()) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_without_video_root_keeps_to_the_manifests_folder(run_cli, video_tree, tmp_path):
     """Without --video-root the manifest's folder is the root: an absolute path inside it
     is read, one outside it (or a link, or '..', leading out) is a manifest failure."""

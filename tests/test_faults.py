@@ -83,6 +83,8 @@ def _rows(out) -> list[dict]:
     return pq.read_table(out / "index").to_pylist() if (out / "index").exists() else []
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_stops_the_run_and_a_rerun_gives_the_same_bytes(
         run_cli, media, reference, tmpfs, capsys):
     """The output's disk fills mid-run: one line names the cause and the output, exit 1,
@@ -124,6 +126,8 @@ def test_an_output_that_is_a_file_is_one_line(run_cli, media, tmp_path, capsys):
     assert err.count("\n") <= 3 and str(tmp_path / "out") in err and "Traceback" not in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_transient_fault_is_retried_and_changes_nothing(run_cli, media, reference,
                                                           tmp_path, monkeypatch, caplog):
     """An I/O error while processing a video: the video is tried again (the run goes on,
@@ -136,6 +140,8 @@ def test_a_transient_fault_is_retried_and_changes_nothing(run_cli, media, refere
     assert shards_and_index(out) == reference
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_bug_is_recorded_exits_4_and_a_plain_rerun_retries_it(run_cli, media, reference,
                                                                  tmp_path, monkeypatch, capsys):
     # the second video to arrive: the third of shard-000000 in plan order is the garbage
@@ -160,6 +166,7 @@ def test_a_bug_is_recorded_exits_4_and_a_plain_rerun_retries_it(run_cli, media, 
     assert not (out / "_work").exists()
 
 
+@pytest.mark.e2e
 def test_too_many_failures_exit_4_but_commit(run_cli, tmp_path, capsys):
     """Every row failed (here: no video found): the shards are committed, the exit status
     says so unless --max-failed-fraction allows it."""

@@ -99,6 +99,8 @@ def _small_set(root) -> str:
     return str(root / "list.csv")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_ffmpeg_is_a_setting_of_the_run_and_of_each_sample(run_cli, tmp_path, capsys):
     manifest = _small_set(tmp_path)
     out = tmp_path / "out"

@@ -19,7 +19,7 @@ import pytest
 import webdataset as wds
 
 from actprep.extractors.flow import engine as engine_mod
-from conftest import LOCAL_BEAM, MIDDLEBURY as MIDDLEBURY_ROOT, require_shared_data
+from conftest import LOCAL_BEAM, middlebury_folder
 from actprep.extractors.flow.engine import FlowEngine, resolve
 from actprep.extractors.flow.flo import (color_wheel, flow_to_color, known, read_flo,
                                          write_flo)
@@ -32,7 +32,8 @@ from actprep.schemas.sample import decode_sample, dequantize_flow
 
 
 def _rubberwhale() -> str:
-    return require_shared_data(os.path.join(MIDDLEBURY_ROOT, "RubberWhale"))
+    """RubberWhale from tests/data: frame10.png, frame11.png (gray) and flow10.flo."""
+    return middlebury_folder("RubberWhale")
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -249,6 +250,7 @@ def test_engines_of_many_threads_share_the_device_slots(monkeypatch, slots):
     assert state["most"] == 1
 
 
+@pytest.mark.slow
 def test_engine_torch_backend_on_a_translation():
     steps = [2, 1, 3]
     engine = FlowEngine("torch", "cpu", preset("quality"), batch_size=2)
@@ -258,6 +260,7 @@ def test_engine_torch_backend_on_a_translation():
         assert np.median(flow[8:-8, 8:-8, 0]) == pytest.approx(step, abs=0.3)
 
 
+@pytest.mark.slow
 def test_compiled_engine_pads_the_last_batch_and_equals_eager():
     """The compiled engine (the default) with 4 pairs per call, as on a GPU, pads a video's
     last batch with blank pairs; the flows are bit for bit those of the uncompiled engine,
@@ -294,6 +297,7 @@ print(counters["stats"]["unique_graphs"])
 """
 
 
+@pytest.mark.slow
 def test_one_compiled_graph_for_every_level_size_and_preset():
     """A fresh process compiles (or loads) the inner iterations once, in the warm-up, and
     no frame size, pyramid level (small or large: the stopping error is summed in float64,
@@ -317,6 +321,7 @@ print(" ".join(f"{e.backend}:{e.compiled}" for e in engines))
 """
 
 
+@pytest.mark.slow
 def test_without_a_cpp_compiler_auto_falls_back_with_one_warning(tmp_path):
     """No C++ compiler (CXX names none, and the Inductor cache is empty): auto takes OpenCV,
     an explicit torch (or a preset OpenCV cannot run) the uncompiled torch TV-L1; one warning
@@ -336,6 +341,8 @@ def test_without_a_cpp_compiler_auto_falls_back_with_one_warning(tmp_path):
 
 # --- actprep flow -----------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_flow_command_writes_flo_and_png(run_cli, tmp_path, capsys):
     out, png = tmp_path / "rw.flo", tmp_path / "rw.png"
     code = run_cli(["flow", f"{_rubberwhale()}/frame10.png", f"{_rubberwhale()}/frame11.png",
@@ -365,6 +372,7 @@ def test_flow_command_errors(run_cli, tmp_path, capsys):
     assert code == 2 and "missing.png" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_flow_command_npy(run_cli, tmp_path):
     a = _texture(40, 48)
     b = np.roll(a, 1, axis=1)
@@ -403,6 +411,8 @@ def _only_sample(out) -> dict:
     return samples[0]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("raw", [False, True])
 def test_run_with_flow(run_cli, flow_set, tmp_path, raw):
     out = tmp_path / "out"
@@ -452,6 +462,8 @@ def test_run_refuses_tsn_preset_on_opencv(run_cli, flow_set, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_shard_does_not_depend_on_batch_size(run_cli, flow_set, tmp_path):
     """Members go per frame (rgb N, flow N) whatever the batching: equal bytes."""
     shards = []

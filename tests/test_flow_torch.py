@@ -3,7 +3,6 @@ with OpenCV's DualTVL1, Middlebury accuracy, batch consistency, parameters and i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,13 +12,10 @@ import conftest
 import torch
 import torch.nn.functional as F
 
-from actprep.extractors.flow.flo import read_flo
 from actprep.extractors.flow.opencv_backend import opencv_flow
 from actprep.extractors.flow.params import TVL1Params, preset
 from actprep.extractors.flow.tvl1_torch import tvl1_flow
 
-MIDDLEBURY = Path(conftest.MIDDLEBURY)
-needs_middlebury = pytest.mark.usefixtures("middlebury")  # skip locally, fail under CI
 needs_optflow = pytest.mark.skipif(not hasattr(cv2, "optflow"),
                                    reason="opencv-contrib (cv2.optflow) not installed")
 
@@ -29,8 +25,8 @@ needs_optflow = pytest.mark.skipif(not hasattr(cv2, "optflow"),
 
 
 def middlebury_gray(seq: str) -> tuple[np.ndarray, np.ndarray]:
-    return tuple(cv2.cvtColor(cv2.imread(str(MIDDLEBURY / seq / f"frame{n}.png")),
-                              cv2.COLOR_BGR2GRAY) for n in (10, 11))
+    """frame10, frame11 as uint8 gray (tests/data: the originals' BGR2GRAY, bit for bit)."""
+    return conftest.middlebury_gray(seq)
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -103,7 +99,6 @@ def test_large_translation_with_gaussian_pyramid():
 # 2. agreement with OpenCV
 
 
-@needs_middlebury
 @needs_optflow
 @pytest.mark.parametrize("seq", ["RubberWhale", "Urban2"])
 def test_agrees_with_opencv(seq):
@@ -128,12 +123,12 @@ def test_agrees_with_opencv(seq):
 IPOL_SUBSET = {"RubberWhale": 0.215, "Urban2": 0.383}
 
 
-@needs_middlebury
+@pytest.mark.slow
 def test_quality_preset_accuracy_middlebury_subset():
     errs = {}
     for seq in IPOL_SUBSET:
         prev, nxt = middlebury_gray(seq)
-        gt = read_flo(MIDDLEBURY / seq / "flow10.flo")
+        gt = conftest.middlebury_flow(seq)
         known = (np.abs(gt) < 1e9).all(-1)
         flow = torch_flow(prev, nxt, preset("quality"))
         errs[seq] = float(np.linalg.norm(flow - gt, axis=-1)[known].mean())
@@ -235,6 +230,7 @@ def test_non_tensor_raises():
         tvl1_flow(np.zeros((1, 32, 32), np.float32), torch.zeros(1, 32, 32))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     prev, nxt = _small_pair()
@@ -342,6 +338,7 @@ def test_median_networks_on_all_zero_one_inputs(size):
     assert torch.equal(med, wins.sort(1).values[:, size * size // 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [3, 5])
 def test_median_network_equals_torch_median(size):
     """Exactly torch.median (the lower median; 9 and 25 are odd) with replicated borders:
@@ -364,7 +361,7 @@ def test_median_network_equals_torch_median(size):
         assert torch.equal(fused[:2], ref[:2]) and torch.equal(fused[2], u[2])
 
 
-@needs_middlebury
+@pytest.mark.slow
 def test_compiled_equals_eager_middlebury():
     prev, nxt = (cv2.resize(f, (160, 120), interpolation=cv2.INTER_AREA)
                  for f in middlebury_gray("RubberWhale"))
@@ -377,6 +374,7 @@ def test_compiled_equals_eager_middlebury():
         assert float((fused - eager).abs().amax()) <= 1e-3, unroll
 
 
+@pytest.mark.slow
 def test_compiled_batch_stops_each_pair_exactly(monkeypatch):
     """Pairs of one batch stop at different inner iterations, inside the loop graph (the
     CPU's default) and inside an unrolled call (unroll 7 does not divide the 30 inner
@@ -433,7 +431,7 @@ def _pad_dual(u, px, py, taut):
     return (px + taut * ux) / ng, (py + taut * uy) / ng
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_step_borders_equal_padded_differences(compiled):
     """The inner iteration's pieces (border and interior joined by cat) are bit for bit the
     differences with zero-padded borders, eager and compiled, with some pairs frozen."""
@@ -496,6 +494,7 @@ def _solve_in_process(tmp_path, mode: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_loop_graph_cached_and_freed_memory_kept(tmp_path):
     """A second process loads the CPU loop graph from Inductor's FX graph cache (no second
     lowering) and gets the same flows; and with glibc's defaults the loop's buffers fault

@@ -248,6 +248,7 @@ def results() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("c", [2, 3])
 def test_inner_steps_equal_eager(results, c):
@@ -260,6 +261,7 @@ def test_inner_steps_equal_eager(results, c):
     assert r["inputs_kept"]
 
 
+@pytest.mark.slow
 @needs_triton
 def test_median_equals_torch_median(results):
     """Exactly torch.median with replicated borders on the active pairs' channels 0-1,
@@ -267,11 +269,13 @@ def test_median_equals_torch_median(results):
     assert all(results["median"].values()), results["median"]
 
 
+@pytest.mark.slow
 @needs_triton
 def test_median_networks_on_all_zero_one_inputs(results):
     assert all(results["networks"].values()), results["networks"]
 
 
+@pytest.mark.slow
 @needs_triton
 def test_solver_with_triton_kernels_equals_eager(results):
     r = results["solver"]

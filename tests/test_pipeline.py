@@ -51,6 +51,7 @@ def kinetics_run(kinetics_set, tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_every_row_is_a_sample_or_a_recorded_failure(kinetics_set, kinetics_run):
     rows = _index(kinetics_run)
     clips = kinetics_set["clips"]
@@ -70,6 +71,7 @@ def test_every_row_is_a_sample_or_a_recorded_failure(kinetics_set, kinetics_run)
     assert not os.path.exists(os.path.join(kinetics_run, "_work"))
 
 
+@pytest.mark.e2e
 def test_samples_match_their_sources(kinetics_set, kinetics_run):
     labels = json.load(open(os.path.join(kinetics_run, "labels.json")))["classes"]
     assert labels == sorted({c.label for c in kinetics_set["clips"]})
@@ -105,6 +107,7 @@ def test_samples_match_their_sources(kinetics_set, kinetics_run):
             assert "mfcc.npy" not in samples[key]
 
 
+@pytest.mark.e2e
 def test_shards_read_with_plain_webdataset(kinetics_run):
     """A trainer needs neither actprep nor custom decoders."""
     rows = {r["key"]: r for r in _index(kinetics_run) if r["status"] == "ok"}
@@ -122,6 +125,7 @@ def test_shards_read_with_plain_webdataset(kinetics_run):
     assert seen == len(rows)
 
 
+@pytest.mark.e2e
 def test_shard_headers_are_fixed_and_index_matches(kinetics_run):
     import hashlib
     import tarfile
@@ -153,6 +157,8 @@ def _same_output(out: str, reference: str) -> None:
             open(os.path.join(reference, "index", name), "rb").read(), name
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("workers", ["1", "3"])
 def test_video_threads_give_identical_shards(kinetics_set, kinetics_run, tmp_path, run_cli,
                                              workers):
@@ -161,6 +167,8 @@ def test_video_threads_give_identical_shards(kinetics_set, kinetics_run, tmp_pat
     _same_output(out, kinetics_run)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_single_video_units_commit_after_the_shuffle(kinetics_set, kinetics_run, tmp_path,
                                                      capsys):
     """Dataflow's shape (units of single videos, each shard committed after the group by
@@ -193,6 +201,7 @@ def test_beams_multi_worker_modes_are_refused(kinetics_set, tmp_path, run_cli, c
     assert "Traceback" not in err and not os.path.exists(os.path.join(out, "plan.jsonl"))
 
 
+@pytest.mark.e2e
 def test_rerun_of_finished_job_does_nothing(kinetics_set, kinetics_run, run_cli, capsys):
     before = {f: os.stat(os.path.join(kinetics_run, f)).st_mtime_ns
               for f in os.listdir(kinetics_run) if f.endswith(".tar")}
@@ -204,12 +213,15 @@ def test_rerun_of_finished_job_does_nothing(kinetics_set, kinetics_run, run_cli,
     assert before == after
 
 
+@pytest.mark.e2e
 def test_rerun_with_other_options_is_refused(kinetics_set, kinetics_run, run_cli, capsys):
     assert _run_kinetics(run_cli, kinetics_set, kinetics_run, "--fps", "10") == 2
     err = capsys.readouterr().err
     assert "fps" in err and kinetics_run in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_size_and_fps_options(kinetics_set, tmp_path, run_cli):
     out = str(tmp_path / "sized")
     assert _run_kinetics(run_cli, kinetics_set, out, "--size", "340x256", "--fps", "10",
@@ -258,6 +270,8 @@ def _mit_set(root, make):
     return manifest, videos.parent
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_moments_in_time(tmp_path, run_cli):
     from actprep.extractors.synth import make_video
 
@@ -274,6 +288,8 @@ def test_moments_in_time(tmp_path, run_cli):
     assert json.load(open(out / "labels.json"))["classes"] == ["clapping", "running", "swimming"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
     from actprep.extractors.synth import make_video
 
@@ -303,6 +319,8 @@ def test_generic_jsonl_with_bad_rows(tmp_path, run_cli):
     assert "cls" in sample and "mfcc.npy" not in sample
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_mfcc_options_reach_the_samples(tmp_path, run_cli):
     from actprep.extractors.synth import make_video
 
@@ -318,6 +336,8 @@ def test_mfcc_options_reach_the_samples(tmp_path, run_cli):
     assert s["meta"]["frames"] is None
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_command_end_to_end(tmp_path):
     """The installed console script, with its default runner settings, on the built-in
     demo set; with another ffmpeg first on PATH (Debian's 5.1 where installed, whose
@@ -346,6 +366,8 @@ def test_demo_command_end_to_end(tmp_path):
         assert abs((row["mfcc_frames"] - 1) / 100 - row["duration"]) < 0.05, row
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_mangled_checkpoint_refuses_its_shard_then_a_rerun_redoes_it(
         kinetics_set, kinetics_run, tmp_path, run_cli, capsys):
     """A result record that is not its plan entry's (another key) is never committed: the

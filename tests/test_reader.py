@@ -197,6 +197,7 @@ def reference(shards) -> dict:
     return {s["key"]: s for s in map(decode_sample, wds.WebDataset(shards, shardshuffle=False))}
 
 
+@pytest.mark.e2e
 def test_tsn_test_mode_equals_decode_sample(shards, reference):
     ds = ActprepDataset(shards, modality="rgb+flow+audio", sampling="tsn", mode="test")
     got = {s["key"]: s for s in ds}
@@ -222,6 +223,7 @@ def test_tsn_test_mode_equals_decode_sample(shards, reference):
         assert "vggish" not in s
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("key, path", [("walk__a", "walk/a.mp4"), ("walk__b", "walk/b.mp4")])
 def test_flow_is_the_known_motion(shards, key, path):
     """The window moves by ``motion`` px per frame at 128x96, so the content by -motion / 2
@@ -233,6 +235,7 @@ def test_flow_is_the_known_motion(shards, key, path):
     assert float(flow[:, 1::2].median()) == pytest.approx(-dy / 2, abs=0.25)
 
 
+@pytest.mark.e2e
 def test_clip_mode_loops_short_video(shards, reference):
     ds = ActprepDataset(shards, modality="rgb+flow", sampling="clip", mode="test",
                         clip_len=4, frame_interval=2)
@@ -251,6 +254,7 @@ def test_clip_mode_loops_short_video(shards, reference):
     assert s["rgb_indices"][:7].tolist() == [1, 3, 5, 7, 9, 1, 3]
 
 
+@pytest.mark.e2e
 def test_train_mode_is_reproducible_per_epoch(shards):
     def indices(epoch: int, seed: int = 0) -> dict:
         ds = ActprepDataset(shards, modality="rgb", mode="train", seed=seed, shuffle=3)
@@ -268,6 +272,7 @@ def _tag_worker(sample: dict) -> dict:
     return {**sample, "worker": torch.utils.data.get_worker_info().id}
 
 
+@pytest.mark.e2e
 def test_streaming_dataloader_two_workers_every_sample_once(output, shards):
     """The webdataset reader of before (streaming=True): shards split across workers."""
     ds = ActprepDataset(shards, modality="rgb+flow+audio", sampling="tsn", mode="train",
@@ -292,6 +297,7 @@ def test_streaming_dataloader_two_workers_every_sample_once(output, shards):
         assert set(workers.values()) == {0, 1}
 
 
+@pytest.mark.e2e
 def test_audio_only_skips_frame_members(shards):
     ds = ActprepDataset(shards, modality="audio", mode="test")
     assert ds.wanted("walk__a.mfcc.npy") and ds.wanted("walk__a.json")
@@ -315,6 +321,7 @@ def test_raw_flow_members_are_preferred():
     assert s["flow"].dtype == torch.float32 and np.array_equal(s["flow"].numpy(), want)
 
 
+@pytest.mark.e2e
 def test_dataset_refuses_bad_arguments(shards):
     with pytest.raises(ValueError, match="modality"):
         ActprepDataset(shards, modality="rgb+depth")
@@ -400,6 +407,7 @@ def test_order_refuses_bad_arguments():
         order.epoch_sequence([3], -1, 0, shuffle=True)
 
 
+@pytest.mark.e2e
 def test_index_records_each_samples_byte_range(output):
     """tar_offset / tar_bytes of every ok row cover exactly its members; failed rows none."""
     rows = [r for path in sorted(glob.glob(os.path.join(output, "index", "*.parquet")))
@@ -455,6 +463,7 @@ def test_tar_parser_reads_long_names_like_tarfile(tmp_path):
         list(tarindex.iter_members(raw[100:1124]))
 
 
+@pytest.mark.e2e
 def test_same_sequence_with_zero_or_two_workers(output):
     ds = ActprepDataset(output, modality="rgb", mode="train", seed=4)
     for epoch in (0, 1):
@@ -471,6 +480,7 @@ def test_same_sequence_with_zero_or_two_workers(output):
     assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_split_the_epoch_evenly(output, world):
     for drop_last in (False, True):
@@ -491,6 +501,7 @@ def test_ranks_split_the_epoch_evenly(output, world):
             assert set(seen) == set(KEYS) and sum(seen.values()) - len(KEYS) <= world - 1
 
 
+@pytest.mark.e2e
 def test_set_position_gives_exactly_the_rest(output):
     ds = ActprepDataset(output, modality="rgb", mode="train", seed=2, rank=1, world_size=3)
     ds.set_epoch(5)
@@ -510,6 +521,7 @@ def test_set_position_gives_exactly_the_rest(output):
     assert [s["key"] for s in ds] == full[2:]
 
 
+@pytest.mark.e2e
 def test_epochs_differ_and_repeat(output):
     def keys(seed: int, epoch: int) -> list[str]:
         ds = ActprepDataset(output, modality="rgb", mode="train", seed=seed)
@@ -523,6 +535,7 @@ def test_epochs_differ_and_repeat(output):
     assert test.keys() == [k for s in range(3) for k in test.catalog().shard_keys(s)]
 
 
+@pytest.mark.e2e
 def test_url_pattern_reads_the_index_beside_the_tars(output, shards):
     by_folder = ActprepDataset(output, modality="rgb", mode="test")
     by_urls = ActprepDataset(shards, modality="rgb", mode="test")
@@ -532,6 +545,7 @@ def test_url_pattern_reads_the_index_beside_the_tars(output, shards):
     assert all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(a, b))
 
 
+@pytest.mark.e2e
 def test_memory_url_reads_like_local(output):
     """fsspec's memory:// filesystem (a real one, in-process) stands in for gs://."""
     fsspec = pytest.importorskip("fsspec")
@@ -558,6 +572,7 @@ def test_memory_url_reads_like_local(output):
         fs.rm("/reader-test", recursive=True)
 
 
+@pytest.mark.e2e
 def test_output_without_range_columns_reads(output, tmp_path):
     """An output written before tar_offset / tar_bytes: the ranges come from one scan of
     each tar's headers, then from the cache folder."""
@@ -590,11 +605,13 @@ def test_output_without_range_columns_reads(output, tmp_path):
     assert sorted(got) == sorted(KEYS)
 
 
+@pytest.mark.e2e
 def test_stock_webdataset_still_reads_the_shards(shards):
     keys = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
     assert sorted(keys) == sorted(KEYS)
 
 
+@pytest.mark.e2e
 def test_reader_refuses_bad_inputs(output, tmp_path):
     with pytest.raises(ValueError, match="no such output folder"):
         ActprepDataset(str(tmp_path / "missing"))
@@ -617,6 +634,7 @@ def test_reader_refuses_bad_inputs(output, tmp_path):
         make_loader(ActprepDataset(output), 2, 2, persistent_workers=True)
 
 
+@pytest.mark.e2e
 def test_verify_checks_the_byte_ranges(output, tmp_path):
     import shutil
 
@@ -688,6 +706,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ddp_run_killed_and_resumed_trains_each_sample_once(output, tmp_path):
     """Two real DDP ranks (gloo, spawned processes) killed in their second epoch and
     restarted: with the checkpointed position each rank trains on exactly its part of each

@@ -51,6 +51,8 @@ def _damage(out) -> None:
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_damaged_shards_are_redone_to_a_clean_runs_bytes(run_cli, media, clean, tmp_path,
                                                          capsys):
     out = tmp_path / "out"
@@ -65,6 +67,8 @@ def test_damaged_shards_are_redone_to_a_clean_runs_bytes(run_cli, media, clean, 
     assert shards_and_index(out) == clean
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_stats_and_verify_name_a_damaged_output_without_traceback(run_cli, media, tmp_path,
                                                                   capsys):
     out = tmp_path / "out"
@@ -87,6 +91,8 @@ def test_stats_and_verify_name_a_damaged_output_without_traceback(run_cli, media
     assert "shard-000000" in report and "shard-000001" in report and "Traceback" not in report
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_stats_warns_of_planned_shards_not_committed(run_cli, media, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli(_args(media / "list.csv", out)) == 0
@@ -98,6 +104,8 @@ def test_stats_warns_of_planned_shards_not_committed(run_cli, media, tmp_path, c
             "stopped): shard-000001") in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_same_manifest_named_another_way_resumes(run_cli, media, tmp_path, monkeypatch,
                                                      capsys):
     """A relative path, an absolute one and a symlink name the same manifest and root."""
@@ -119,6 +127,7 @@ def test_bad_input_leaves_no_output_folder(run_cli, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_the_summary_says_how_many_failure_reasons_it_left_out(run_cli, tmp_path, capsys):
     """Twelve unknown labels are twelve failure reasons: ten listed, the rest counted."""
     rows = ["path,label"]
@@ -136,6 +145,8 @@ def test_the_summary_says_how_many_failure_reasons_it_left_out(run_cli, tmp_path
             f"lists them all") in err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_commit_leaves_no_tar_without_its_index(media, tmp_path):
     """The commit writes the tar under a temporary name, then the index (with the tar's
     size), then renames the tar: killed after the index, the shard is not committed and

@@ -106,6 +106,8 @@ def _checkpoints(out) -> tuple[int, int]:
     return pending, committed
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", CRASHES)
 def test_killed_run_resumes_to_identical_output(media, vggish_ref, clean, tmp_path, point):
     out = tmp_path / "out"
@@ -160,6 +162,7 @@ def test_second_run_on_a_busy_output_is_refused(run_cli, media, tmp_path, capsys
     assert _small_run(run_cli, media, out) == 3
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("holder", ["dead_pid", "stale_heartbeat", "garbage"])
 def test_lock_of_a_gone_run_is_replaced(run_cli, media, tmp_path, holder):
     out = tmp_path / "out"
@@ -179,6 +182,8 @@ def test_lock_of_a_gone_run_is_replaced(run_cli, media, tmp_path, holder):
 
 # --- --retry-failed -------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_retry_failed_reprocesses_only_the_failures(run_cli, media, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(media, data)
@@ -235,6 +240,8 @@ process_entry(entry, opts)  # ACTPREP_CRASH_AT kills this process in the decode
 """
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_worker_is_never_recorded_as_the_videos_failure(run_cli, media, tmp_path):
     """Killed three times while processing the same video (as by the OOM killer): a dead
     worker is a fault of the environment, not of the video. Nothing is recorded for it,

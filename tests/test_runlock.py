@@ -209,6 +209,7 @@ def test_the_background_beat_stops_on_a_takeover(tmp_path, monkeypatch):
     assert path.read_bytes() == theirs
 
 
+@pytest.mark.slow
 def test_workers_of_a_replaced_run_stop(tmp_path):
     """A job's worker in another process learns from the new holder that its run's lock
     was replaced; a worker of a run that never held it is only told no."""
@@ -328,6 +329,7 @@ def test_gcs_concurrent_acquirers_one_wins(gcs_bucket, monkeypatch):
 
 # --- a whole run ----------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_a_run_whose_lock_is_taken_stops_with_one_clear_line(run_cli, tmp_path, capsys):
     """Another run takes the lock while this one plans: this run's workers stop it at their
     first heartbeat with one line, and the other run's lock is left as it is."""

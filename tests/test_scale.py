@@ -10,6 +10,9 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 SMALL, LARGE = 20_000, 100_000
 

@@ -177,6 +177,8 @@ def _stats(run_cli, capsys, out) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_older_key_sorted_output_resumes_verifies_retries_and_is_flagged(
         run_cli, media, tmp_path, capsys):
     old = tmp_path / "old"

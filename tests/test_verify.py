@@ -78,6 +78,7 @@ def member_offsets(tar_path: str, name: str) -> tuple[int, int, int]:
         return m.offset, m.offset_data, m.size
 
 
+@pytest.mark.e2e
 def test_fixture_shards(output):
     """The membership the tests below are written for, from the plan."""
     entries = [json.loads(line) for line in open(os.path.join(output, "plan.jsonl"))]
@@ -85,6 +86,7 @@ def test_fixture_shards(output):
     assert [e["key"] for e in entries] == [key for shard in SHARDS for key in shard]
 
 
+@pytest.mark.e2e
 def test_clean_output_verifies(output, capsys):
     code, report = verify_json(output, capsys)
     assert code == 0, report["problems"]
@@ -98,6 +100,7 @@ def test_clean_output_verifies(output, capsys):
     assert "3 shards, 4 samples" in text and "no problems" in text
 
 
+@pytest.mark.e2e
 def test_flipped_jpeg_byte(copy, capsys):
     path = shard_of(copy, "v2")
     _, data, size = member_offsets(path, "v2.rgb.000002.jpg")
@@ -114,6 +117,7 @@ def test_flipped_jpeg_byte(copy, capsys):
     assert "shard-000002.tar: sample v2: sha256 mismatch" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_truncated_tar(copy, capsys):
     path = shard_of(copy, "v0")
     _, data, size = member_offsets(path, "v0.rgb.000003.jpg")
@@ -127,6 +131,7 @@ def test_truncated_tar(copy, capsys):
     assert len(report["problems"]) == 1  # v0 is incomplete, v1 not reached: no other noise
 
 
+@pytest.mark.e2e
 def test_tar_without_end_blocks_or_with_trailing_data(copy, capsys):
     last = os.path.join(copy, "shard-000002.tar")
     _, data, size = member_offsets(last, "v2.json")
@@ -141,6 +146,7 @@ def test_tar_without_end_blocks_or_with_trailing_data(copy, capsys):
     assert "without its end-of-archive blocks" in details and "data after" in details
 
 
+@pytest.mark.e2e
 def test_missing_unindexed_and_pending(copy, capsys):
     os.remove(os.path.join(copy, "shard-000001.tar"))
     os.remove(os.path.join(copy, "index", "shard-000002.parquet"))
@@ -158,6 +164,7 @@ def test_missing_unindexed_and_pending(copy, capsys):
     assert "pending" in missing["detail"] and "1 of 2 videos" in missing["detail"]
 
 
+@pytest.mark.e2e
 def test_extra_files(copy, capsys):
     shutil.copy(os.path.join(copy, "shard-000000.tar"), os.path.join(copy, "shard-000099.tar"))
     open(os.path.join(copy, "notes.txt"), "w").write("hi")
@@ -172,6 +179,7 @@ def test_extra_files(copy, capsys):
     assert any("notes.txt" in d for d in details) and any("stray/" in d for d in details)
 
 
+@pytest.mark.e2e
 def test_header_deviation(copy, capsys):
     path = shard_of(copy, "v0")
     header, _, _ = member_offsets(path, "v0.mfcc.npy")
@@ -190,6 +198,7 @@ def test_header_deviation(copy, capsys):
     assert "v0.mfcc.npy" in problem["detail"] and "mtime 1234567" in problem["detail"]
 
 
+@pytest.mark.e2e
 def test_bad_header_checksum_is_corrupt(copy, capsys):
     path = shard_of(copy, "v0")
     header, _, _ = member_offsets(path, "v0.rgb.000001.jpg")
@@ -201,6 +210,7 @@ def test_bad_header_checksum_is_corrupt(copy, capsys):
     assert "after member v0.cls" in report["problems"][0]["detail"]
 
 
+@pytest.mark.e2e
 def test_npy_replaced_by_garbage(copy, capsys):
     path = shard_of(copy, "v2")
     _, data, size = member_offsets(path, "v2.mfcc.npy")
@@ -224,6 +234,7 @@ def _rewrite_index(out: str, shard: str, edit) -> None:
     open(path, "wb").write(buf.getvalue())
 
 
+@pytest.mark.e2e
 def test_index_disagrees_with_plan_and_tar(copy, capsys):
     def relabel_bad(rows):
         for r in rows:
@@ -249,6 +260,7 @@ def test_index_disagrees_with_plan_and_tar(copy, capsys):
     }
 
 
+@pytest.mark.e2e
 def test_failed_row_with_members(copy, capsys):
     def fail_v2(rows):
         for r in rows:
@@ -262,6 +274,7 @@ def test_failed_row_with_members(copy, capsys):
     assert "failed" in problem["detail"]
 
 
+@pytest.mark.e2e
 def test_unparseable_plan_line_is_a_problem_of_its_shard(copy, capsys):
     path = os.path.join(copy, "plan.jsonl")
     lines = open(path, "rb").read().splitlines(keepends=True)
@@ -276,6 +289,7 @@ def test_unparseable_plan_line_is_a_problem_of_its_shard(copy, capsys):
     assert report["shards"] == 3  # every shard still checked
 
 
+@pytest.mark.e2e
 def test_plan_shards_missing_or_damaged(copy, capsys):
     spans = os.path.join(copy, "plan-shards.json")
     good = open(spans).read()
@@ -292,6 +306,7 @@ def test_plan_shards_missing_or_damaged(copy, capsys):
     assert "delete plan-shards.json" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_not_an_output_and_usage(tmp_path, output, capsys):
     assert main([str(tmp_path)]) == 2
     assert "not an actprep output" in capsys.readouterr().err
@@ -321,6 +336,7 @@ def _rebuild(path: str, edit) -> None:
         tar.close()
 
 
+@pytest.mark.e2e
 def test_cut_jpeg_and_misordered_members(copy, capsys):
     def damage(members):
         names = [n for n, _ in members]

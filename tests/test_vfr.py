@@ -134,6 +134,8 @@ def _metas(out: str) -> dict[str, dict]:
     return {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_end_to_end(vfr, kinetics_set, tmp_path, run_cli) -> None:
     """``actprep run`` without --fps: each VFR clip's index row and sample JSON give its
     average rate, frames / fps = its duration, and as many RGB members as frames; the

@@ -223,6 +223,8 @@ def _run(run_cli, root, out, *extra) -> int:
                     *extra, *LOCAL_BEAM])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_with_vggish(run_cli, audio_set, vggish_ref, embedder, tmp_path):
     out = tmp_path / "out"
     assert _run(run_cli, audio_set, out, "--vggish-weights", vggish_ref.weights_path,
@@ -251,6 +253,8 @@ def test_run_with_vggish(run_cli, audio_set, vggish_ref, embedder, tmp_path):
     assert rows["mute.mp4"]["vggish_examples"] is None and rows["mute.mp4"]["has_audio"] is False
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_vggish_hop(run_cli, audio_set, vggish_ref, tmp_path):
     out = tmp_path / "out"
     assert _run(run_cli, audio_set, out, "--vggish-weights", vggish_ref.weights_path,
@@ -289,6 +293,8 @@ def test_metadata_is_json(vggish_ref):
     assert json.loads(json.dumps(params))["vggish"]["weights"] == vggish_ref.weights_path
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_vggish_shards_are_reproducible(run_cli, audio_set, vggish_ref, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     assert _run(run_cli, audio_set, outs[0], "--vggish-weights", vggish_ref.weights_path) == 0

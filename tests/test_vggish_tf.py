@@ -1,9 +1,12 @@
 """VGGish on the TensorFlow side: the official checkpoint <-> PyTorch-port state_dict, the
 SavedModel with the TF-Hub interface, streaming HubVggish, ``actprep vggish-convert``.
 
-Checked against the reference arrays of the shared data (vggish/golden.npz, made by the
+Checked against the reference arrays of tests/data (vggish/golden.npz, made by the
 tensorflow/models implementation with the weights of vggish/make_weights.py). The network
-is big (fc1 alone is 12288 x 4096), so each file is written once per module."""
+is big (fc1 alone is 12288 x 4096), so each file is written once per module.
+
+TensorFlow takes seconds to import, so it is imported when the first test of this module
+runs (the ``_tensorflow`` fixture), not when the tests are collected."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,15 +17,29 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared_data
+from conftest import load_data_script, reference_data
 
-from actprep.extractors.audio import vggish_tf as vt  # loads triton, then TensorFlow
-import tensorflow as tf  # after vggish_tf: see load_triton_before_tensorflow
 from actprep.extractors.audio.vggish_input import to_mono, waveform_to_examples
 from actprep.extractors.audio.vggish_torch import VggishEmbedder, load_state_dict
 
 CASES = ("sine_1khz_3s", "chirp_noise_5_3s", "stereo_2_5s", "short_0_5s")
 TOL = 1e-4
+
+pytestmark = [pytest.mark.slow]
+vt = tf = None  # actprep.extractors.audio.vggish_tf and tensorflow, set by _tensorflow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tensorflow():
+    """Imports vggish_tf (it loads triton, then TensorFlow: see
+    load_triton_before_tensorflow), then tensorflow, into this module's ``vt`` and ``tf``."""
+    global vt, tf
+    if importlib.util.find_spec("tensorflow") is None:  # not importorskip: triton goes first
+        pytest.skip("tensorflow not installed (the tfhub extra)")
+    from actprep.extractors.audio import vggish_tf  # noqa: I001 - this order, see above
+    import tensorflow
+
+    vt, tf = vggish_tf, tensorflow
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,12 +50,8 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def ref():
-    folder = require_shared_data(os.path.join(SHARED_DATA, "vggish"))
-    spec = importlib.util.spec_from_file_location("make_weights",
-                                                  os.path.join(folder, "make_weights.py"))
-    make_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_weights)
-    golden = np.load(os.path.join(folder, "golden.npz"))
+    make_weights = load_data_script("vggish", "make_weights.py")
+    golden = np.load(reference_data("vggish", "golden.npz"))
     return types.SimpleNamespace(golden=golden, weights=make_weights.weights())
 
 
@@ -186,6 +199,7 @@ def test_streaming_equals_whole_call(ref, hub_model):
 
 # (e) actprep vggish-convert
 
+@pytest.mark.e2e
 def test_cli_round_trip(ref, checkpoint, big_tmp, run_cli, capsys):
     pth = str(big_tmp / "cli" / "vggish.pth")
     assert run_cli(["vggish-convert", "--checkpoint", checkpoint, "-o", pth]) == 0
@@ -268,6 +282,7 @@ def test_state_dict_errors_name_the_key(ref):
 
 # the tfhub backend in actprep run
 
+@pytest.mark.e2e
 def test_run_with_tfhub_backend_equals_torch_backend(hub_model, big_tmp, vggish_ref, run_cli,
                                                      tmp_path):
     import pyarrow.parquet as pq
