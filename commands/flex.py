@@ -1,8 +1,7 @@
 """The Dataflow Flex Template of ``actprep run``.
 
-Two halves, both derived from the real ``actprep run`` argument parser
-(:func:`actprep.pipelines.options.add_run_arguments`), so the template cannot drift from the
-command line:
+Two halves, both derived from the options of the real ``actprep run`` command line
+(:func:`actprep.commands.runargs.run_option_list`), so the template cannot drift from it:
 
 * :func:`template_metadata` builds the template's ``metadata.json``: one parameter per run
   option, named like the option with underscores (``--video-root`` -> ``video_root``), with
@@ -31,8 +30,9 @@ import re
 import sys
 from dataclasses import dataclass
 
-from actprep.pipelines.options import (FALSE_WORDS, TRUE_WORDS, _bool, _modalities, _size,
-                                      add_run_arguments)
+from actprep.commands import runargs
+from actprep.commands.runargs import FALSE_WORDS, TRUE_WORDS, RunOption, run_option_list
+from actprep.pipelines.options import MODALITIES
 
 TEMPLATE_NAME = "actprep"
 TEMPLATE_DESCRIPTION = (
@@ -69,24 +69,21 @@ class Parameter:
     """One template parameter and the ``actprep run`` option it stands for."""
 
     name: str  # template name: video_root
-    option: str  # actprep option string: --video-root
-    action: argparse.Action
+    spec: RunOption  # the option: spec.option is its string, --video-root
+
+    @property
+    def option(self) -> str:
+        """The actprep option string: --video-root."""
+        return self.spec.option
 
     @property
     def is_flag(self) -> bool:
         """A switch without a value (--flow-raw, --no-progress): true or false in a template."""
-        return self.action.nargs == 0
+        return self.spec.is_flag
 
     @property
     def required(self) -> bool:
-        return bool(self.action.required)
-
-
-def run_parser() -> argparse.ArgumentParser:
-    """A parser holding exactly the options of ``actprep run``."""
-    parser = argparse.ArgumentParser(prog="actprep run", add_help=False)
-    add_run_arguments(parser)
-    return parser
+        return self.spec.required
 
 
 def template_name(option: str) -> str:
@@ -94,18 +91,14 @@ def template_name(option: str) -> str:
     return option.lstrip("-").replace("-", "_")
 
 
-def parameters(parser: argparse.ArgumentParser | None = None) -> dict[str, Parameter]:
-    """The template parameters by name, in the parser's order."""
-    parser = parser or run_parser()
+def parameters(options: list[RunOption] | None = None) -> dict[str, Parameter]:
+    """The template parameters by name, in the order of ``actprep run --help``."""
     found: dict[str, Parameter] = {}
-    for action in parser._actions:  # noqa: SLF001 - argparse keeps its options here only
-        longs = [s for s in action.option_strings if s.startswith("--")]
-        if not longs or isinstance(action, argparse._HelpAction):  # noqa: SLF001
-            continue  # (run_parser has no --help; a parser passed in may)
-        name = template_name(longs[0])
+    for spec in run_option_list() if options is None else options:
+        name = template_name(spec.option)
         if name in found:
             raise ValueError(f"two run options map to the template parameter {name}")
-        found[name] = Parameter(name, longs[0], action)
+        found[name] = Parameter(name, spec)
     return found
 
 
@@ -123,30 +116,18 @@ def _label(name: str) -> str:
 
 
 def _help(param: Parameter) -> str:
-    """The option's own help text (argparse's %-placeholders expanded); an option without
+    """The option's own help text, as ``actprep run --help`` prints it; an option without
     one is described by its choices and default."""
-    action = param.action
-    text = action.help or ""
-    if "%(" in text:
-        values = dict(vars(action), prog="actprep run")
-        if action.choices is not None:
-            values["choices"] = ", ".join(map(str, action.choices))
-        text = text % values
+    spec = param.spec
+    text = spec.help
     if not text:
-        if action.choices is not None and not isinstance(action.choices, range):
-            text = "one of " + ", ".join(map(str, action.choices))
+        if spec.kind == "choice":
+            text = "one of " + ", ".join(map(str, spec.choices))
         else:
             text = param.option
-        if action.default is not None:
-            text += f" (default {action.default})"
+        if spec.default is not None:
+            text += f" (default {spec.default})"
     return text
-
-
-def _number_kind(kind) -> type | None:
-    """int or float for a numeric argparse type: the type itself, or the ``kind`` that
-    options._positive records on its parser."""
-    kind = getattr(kind, "kind", kind)
-    return kind if kind in (int, float) else None
 
 
 def _alternatives(words) -> str:
@@ -162,32 +143,30 @@ def _bool_regex() -> str:
 
 def _shape(param: Parameter) -> tuple[str, list[str], list[dict]]:
     """(paramType, regexes, enumOptions) of a parameter."""
-    action, kind = param.action, param.action.type
-    if param.is_flag or kind is _bool:
+    spec, kind = param.spec, param.spec.kind
+    if kind in ("flag", "bool"):
         # a flag's default is false; --mfcc-center's is true, so it stays TEXT (the console
         # would otherwise offer false as the prefilled value)
         return ("BOOLEAN" if param.is_flag else "TEXT"), [_bool_regex()], []
     if param.name in GCS_PATHS:
         return GCS_PATHS[param.name], [GCS_REGEX], []
-    choices = action.choices
-    if choices is not None and not isinstance(choices, range):
+    if kind == "choice":
         # the default first: a console that preselects the first option keeps the default
-        ordered = sorted(choices, key=lambda c: c != action.default)
+        ordered = sorted(spec.choices, key=lambda c: c != spec.default)
         return "ENUM", [_alternatives(ordered)], [{"value": str(c), "label": str(c)}
                                                   for c in ordered]
-    if kind is _modalities:
-        from actprep.pipelines.options import MODALITIES
+    if kind == "modalities":
         one = "(" + "|".join(MODALITIES) + ")"
         return "TEXT", [rf"^ *{one}( *, *{one})* *$"], []
-    if kind is _size:
+    if kind == "size":
         return "TEXT", [SIZE_REGEX], []
-    number = _number_kind(kind)
-    if number is int:
-        # numbers stay TEXT: a console prefilling 0 into an empty NUMBER field would change
-        # the run; the regex still checks the shape
-        positive = kind is not int  # options._positive(int)
-        return "TEXT", [POSITIVE_INT_REGEX if positive else INT_REGEX], []
-    if number is float:
+    # numbers stay TEXT: a console prefilling 0 into an empty NUMBER field would change the
+    # run; the regex still checks the shape
+    if kind == "int":
+        return "TEXT", [INT_REGEX], []
+    if kind == "positive_int":
+        return "TEXT", [POSITIVE_INT_REGEX], []
+    if kind in ("float", "positive_float", "fraction"):
         return "TEXT", [FLOAT_REGEX], []
     return "TEXT", [], []
 
@@ -218,7 +197,7 @@ def metadata_json() -> str:
 def parse_bool(name: str, value: str) -> bool:
     """A boolean template parameter's value; the error names the parameter."""
     try:
-        return _bool(value.strip())
+        return runargs.parse_bool(value.strip())
     except argparse.ArgumentTypeError:
         raise FlexArgumentError(f"template parameter {name}: expected true or false, got "
                                 f"{value!r}") from None

@@ -1,21 +1,26 @@
-"""Options of ``actprep run``: what shapes the output, parsed apart from Beam's own."""
+"""The options of an actprep run (:class:`RunOptions`): what shapes the output and how the
+job goes, apart from Beam's own pipeline options.
+
+This is the record the job needs, with its defaults; the ``actprep run`` command line that
+fills it (argparse, the Flex Template's parameters) is :mod:`actprep.commands.runargs`.
+"""
 from __future__ import annotations
 
-import argparse
 import posixpath
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from actprep.extractors.audio.mfcc import MfccParams
 from actprep.extractors import ffmpeg_bin
-from actprep.extractors.ffmpeg_bin import MIN_VERSION
-from actprep.extractors.flow.engine import BACKENDS as FLOW_BACKENDS
-from actprep.extractors.torch_device import DEVICES
-from actprep.extractors.flow.params import DEFAULT_PRESET, PRESETS, preset
+from actprep.extractors.flow.params import DEFAULT_PRESET, preset
 from actprep.extractors.flow.quantize import DEFAULT_BOUND
 from actprep.extractors.rgb import DEFAULT_JPEG_QUALITY
-from actprep.schemas.manifest import DATASETS
+from actprep.schemas.sample import STAGES
 
-MODALITIES = ("rgb", "flow", "mfcc", "vggish")
+# what --modalities may name: the run modalities of the sample layout table
+# (schemas/sample.py MEMBERS), so a new modality is a row there
+MODALITIES = STAGES
 # options that change how a run goes, not what its output means: a rerun may change them
 # (the flow and VGGish backends and devices actually used are in each sample's metadata)
 TRANSIENT = ("progress", "output", "decode_threads", "flow_backend", "device",
@@ -117,181 +122,30 @@ class RunOptions:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size expects WxH such as 340x256, got {text!r}")
-    if w < 2 or h < 2:
-        raise argparse.ArgumentTypeError(f"--size {text}: both sides must be at least 2")
-    return w, h
-
-
-def _modalities(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    unknown = [m for m in names if m not in MODALITIES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"--modalities {text!r}: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(MODALITIES)}")
-    return names
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "RunOptions":
+        """The options from flat values by field name, as a command line gives them: the
+        MFCC parameters as ``mfcc_<name>``, ``short_side`` ignored when a ``size`` is given,
+        trailing slashes of the output and video root dropped. Every other field is read
+        as it is, except those the runner sets (:data:`RUNNER_FIELDS`); keys that are not
+        fields (a command's own) are ignored."""
+        mfcc = MfccParams(**{k: values[f"mfcc_{k}"] for k in MfccParams().as_dict()})
+        kept = {f.name: values[f.name] for f in fields(cls)
+                if f.name not in _SHAPED and f.name not in RUNNER_FIELDS}
+        video_root = values["video_root"]
+        return cls(**kept, mfcc=mfcc, output=values["output"].rstrip("/"),
+                   video_root=video_root.rstrip("/") if video_root else None,
+                   short_side=None if values["size"] else values["short_side"])
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
-    return value
+# the fields the runner sets, not a command line: from_values leaves them at their default
+RUNNER_FIELDS = ("lock_token", "unit_size", "ffmpeg_version")
+# the fields from_values shapes from the values (the others it copies)
+_SHAPED = ("mfcc", "output", "video_root", "short_side")
 
 
-_fraction.kind = float  # read by the Flex Template metadata (commands/flex.py)
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-        return value
-    parse.kind = kind  # read by the Flex Template metadata (commands/flex.py)
-    return parse
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS,
-                        help="manifest kind: kinetics (Kinetics-400/600/700 annotation CSV), "
-                        "mit (Moments in Time CSV) or generic (CSV/JSONL of path,label[,split])")
-    parser.add_argument("--manifest", required=True,
-                        help="Kinetics CSV, Moments in Time CSV, or generic CSV/JSONL")
-    parser.add_argument("--video-root", help="folder holding the videos (local or gs://)")
-    parser.add_argument("--output", required=True, help="output folder (local or gs://)")
-    parser.add_argument("--classes", help="class list fixing label indices: one name per "
-                        "line, or 'name,index' lines (moments_categories.txt)")
-    parser.add_argument("--split", help="split name for every row (overrides the manifest)")
-    parser.add_argument("--modalities", type=_modalities, default=DEFAULT_MODALITIES,
-                        help=f"comma-separated, from {','.join(MODALITIES)} (default: rgb,mfcc; "
-                        "vggish needs --vggish-weights or --vggish-hub)")
-    parser.add_argument("--fps", type=_positive(float), help="frame rate (default: the source's)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--short-side", type=_positive(int), default=256,
-                       help="resize so the short side is N, keeping aspect (default 256)")
-    group.add_argument("--size", type=_size, help="resize to exactly WxH, e.g. 340x256")
-    parser.add_argument("--shard-size", type=_positive(int), default=100,
-                        help="manifest rows per shard, failed rows included (default 100; see "
-                        "docs/FORMAT.md)")
-    parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
-                        choices=range(1, 101), metavar="1..100",
-                        help=f"JPEG quality of the RGB and flow frames, 1..100 (default "
-                        f"{DEFAULT_JPEG_QUALITY})")
-    parser.add_argument("--decode-threads", type=int, default=1,
-                        help="ffmpeg decoder threads per video (default 1: videos already "
-                        "decode in parallel, one per worker; 0 lets ffmpeg decide)")
-    parser.add_argument("--min-decoded-fraction", type=float, default=0.9,
-                        help="fail a video whose decoded length is under this fraction of the "
-                        "length its header declares (truncated files); 0 disables")
-    defaults = MfccParams()
-    for name, value in defaults.as_dict().items():
-        parser.add_argument(f"--mfcc-{name.replace('_', '-')}", dest=f"mfcc_{name}",
-                            type=_bool if isinstance(value, bool) else type(value),
-                            default=value, help=f"MFCC {name} (default {value})")
-    parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default="auto",
-                        help="TV-L1 implementation: torch (batched and compiled, GPU or CPU) "
-                        "or opencv (CPU); auto: torch, on CUDA when available, falling back "
-                        "to opencv, with a warning, where torch cannot compile")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where torch flow and VGGish run (auto: cuda when available)")
-    parser.add_argument("--flow-preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                        help=f"TV-L1 parameter preset (default {DEFAULT_PRESET}; tsn needs "
-                        "the torch backend)")
-    parser.add_argument("--flow-bound", type=_positive(float), default=DEFAULT_BOUND,
-                        help=f"flow clipped to +-this many pixels before 8-bit quantization "
-                        f"(default {DEFAULT_BOUND:g})")
-    parser.add_argument("--flow-batch-size", type=_positive(int), default=8,
-                        help="frame pairs per torch flow call (default 8)")
-    parser.add_argument("--flow-device-batches", type=_positive(int), default=2,
-                        help="torch flow batches a worker process runs at once, whatever its "
-                        "thread count (default 2): bounds GPU memory at about this times "
-                        "--flow-batch-size times 40 MiB for 340x256 frames")
-    parser.add_argument("--flow-raw", action="store_true",
-                        help="also store raw flow as float16 KEY.flow.NNNNNN.npy members")
-    parser.add_argument("--vggish-backend", choices=VGGISH_BACKENDS, default="torch",
-                        help="VGGish implementation: torch (weights from --vggish-weights) or "
-                        "tfhub (tensorflow-hub model from --vggish-hub; pip install "
-                        "actprep[tfhub])")
-    parser.add_argument("--vggish-weights", metavar="PATH",
-                        help="VGGish weights as a PyTorch state_dict in the PyTorch-port layout "
-                        "(local or gs://); convert the official TF checkpoint with "
-                        "'actprep vggish-convert'")
-    parser.add_argument("--vggish-hub", metavar="HANDLE",
-                        help="TF-Hub VGGish handle for --vggish-backend tfhub: a SavedModel "
-                        "folder (local or gs://) or a tfhub.dev address")
-    parser.add_argument("--vggish-pca", metavar="PATH",
-                        help="PCA parameters (vggish_pca_params.npz or the port's .pth): also "
-                        "write uint8 KEY.vggish_pca.npy in the AudioSet format")
-    parser.add_argument("--vggish-hop", type=_positive(float), default=0.96,
-                        help="seconds between VGGish example starts (default 0.96: "
-                        "non-overlapping, as the reference)")
-    parser.add_argument("--vggish-batch-size", type=_positive(int), default=64,
-                        help="VGGish examples per forward pass (default 64)")
-    parser.add_argument("--workers", type=_positive(int), metavar="N",
-                        help="videos processed at once by each worker process (default: "
-                        "every core on the local runner, 1 on Dataflow, whose harness "
-                        "threads already run videos in parallel)")
-    parser.add_argument("--ffmpeg", metavar="PATH",
-                        help="decode with this ffmpeg (also $ACTPREP_FFMPEG) instead of the "
-                        "one installed with actprep (imageio-ffmpeg's); it must be ffmpeg "
-                        f"{'.'.join(map(str, MIN_VERSION))} or newer. The ffmpeg is part of "
-                        "the run's settings and of every sample's params")
-    parser.add_argument("--allow-ffmpeg-change", action="store_true",
-                        help="resume an output started with another ffmpeg (its samples "
-                        "keep theirs; new ones record this one)")
-    parser.add_argument("--max-failed-fraction", type=_fraction, default=0.5, metavar="X",
-                        help="exit with status 4 when more than this fraction of the rows "
-                        "failed (default 0.5; the shards are committed all the same)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="process again the videos that failed in a media stage (fetch, "
-                        "probe, decode, audio...); their committed shards are rebuilt")
-    parser.add_argument("--no-wait", dest="wait", action="store_false",
-                        help="remote runners (Dataflow): return once the job is submitted; "
-                        "the job commits its shards and keeps the output's lock itself "
-                        "(local runners always wait)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no live progress display")
-
-
-TRUE_WORDS = ("true", "1", "yes")  # what a boolean value accepts, case-insensitive
-FALSE_WORDS = ("false", "0", "no")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in TRUE_WORDS:
-        return True
-    if text.lower() in FALSE_WORDS:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def run_options_from_args(args: argparse.Namespace) -> RunOptions:
-    mfcc = MfccParams(**{k: getattr(args, f"mfcc_{k}") for k in MfccParams().as_dict()})
-    return RunOptions(
-        dataset=args.dataset, manifest=args.manifest, output=args.output.rstrip("/"),
-        video_root=args.video_root.rstrip("/") if args.video_root else None,
-        classes=args.classes, split=args.split, modalities=args.modalities, fps=args.fps,
-        short_side=None if args.size else args.short_side, size=args.size,
-        shard_size=args.shard_size, jpeg_quality=args.jpeg_quality,
-        min_decoded_fraction=args.min_decoded_fraction, decode_threads=args.decode_threads,
-        mfcc=mfcc, flow_backend=args.flow_backend, device=args.device,
-        flow_preset=args.flow_preset, flow_bound=args.flow_bound,
-        flow_batch_size=args.flow_batch_size, flow_raw=args.flow_raw,
-        flow_device_batches=args.flow_device_batches,
-        vggish_backend=args.vggish_backend, vggish_weights=args.vggish_weights,
-        vggish_hub=args.vggish_hub, vggish_pca=args.vggish_pca, vggish_hop=args.vggish_hop,
-        vggish_batch_size=args.vggish_batch_size, retry_failed=args.retry_failed, wait=args.wait,
-        progress=args.progress, workers=args.workers, ffmpeg=args.ffmpeg,
-        allow_ffmpeg_change=args.allow_ffmpeg_change,
-        max_failed_fraction=args.max_failed_fraction,
-    )
+def run_options_from_args(args: Any) -> RunOptions:
+    """The options of parsed ``actprep run`` arguments (an ``argparse.Namespace``). Kept for
+    callers of this older name (tests); the command line's own is
+    :func:`actprep.commands.runargs.run_options`."""
+    return RunOptions.from_values(vars(args))

@@ -63,6 +63,8 @@ def _index(out: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["line"])
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_every_path_on_an_object_store(run_cli, mem_set, capsys, tmp_path):
     out = f"{mem_set}/out"
     assert run_cli(_args(mem_set, out, *LOCAL_BEAM)) == 0
@@ -97,6 +99,8 @@ def test_every_path_on_an_object_store(run_cli, mem_set, capsys, tmp_path):
     assert "vggish.npy" not in silent and "mfcc.npy" not in silent
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerun_on_an_object_store_resumes_and_then_does_nothing(run_cli, mem_set, capsys):
     """Checkpoints and temporaries of an interrupted job in the store: the rerun reuses the
     first, drops the second; a third run finds every shard committed."""
@@ -123,6 +127,8 @@ def test_rerun_on_an_object_store_resumes_and_then_does_nothing(run_cli, mem_set
     assert {p: memfs.get(p) for p in memfs.paths(out)} == before
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_stats_and_verify_read_an_object_store(run_cli, mem_set, capsys):
     out = f"{mem_set}/out"
     assert run_cli(_args(mem_set, out, *LOCAL_BEAM)) == 0
@@ -133,6 +139,7 @@ def test_stats_and_verify_read_an_object_store(run_cli, mem_set, capsys):
     assert run_cli(["verify", out]) == 0, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_missing_inputs_on_an_object_store_are_named(run_cli, mem_set, capsys):
     out = f"{mem_set}/out"
     args = _args(mem_set, out, *LOCAL_BEAM)
@@ -170,6 +177,8 @@ def test_stage_clock_charges_each_stage_its_own_time(monkeypatch):
     assert clock.seconds == {"write": 0.75, "decode": 3.0, "rgb": 6.0}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_reports_stage_counters(run_cli, mem_set, capsys):
     from actprep.commands.runner import stage_line
 
@@ -236,6 +245,7 @@ def test_pipeline_builds_for_dataflow_with_gpu_workers(mem_set):
     assert harness.use_single_core_per_container  # one SDK process per VM, so per GPU
 
 
+@pytest.mark.slow
 def test_run_command_submits_to_dataflow(run_cli, mem_set, capsys):
     """``actprep run`` with Dataflow's options (dry run: built and checked, not sent)
     plans into the object store and leaves no lock behind."""
@@ -317,6 +327,7 @@ def test_cost_estimate_is_bound_by_the_scarcer_resource():
     assert cpu_only["vm_seconds_per_video"] == pytest.approx((1 + 299) / 4)
 
 
+@pytest.mark.slow
 def test_no_wait_leaves_the_lock_to_the_job(run_cli, mem_set, capsys):
     """A Flex Template launcher submits and exits (--no-wait): the lock is handed over to
     the job, held through its workers' start-up, and a second launch is refused."""

@@ -20,7 +20,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from actprep.commands import cli, flex
-from actprep.pipelines.options import run_options_from_args
+from actprep.commands.runargs import beam_option_names, run_options
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -80,10 +80,9 @@ BEAM = ["--project=my-project", "--region=us-central1", "--temp_location=gs://bk
 def _parse(argv: list[str]):
     """What ``actprep`` makes of a command line: (RunOptions, Beam arguments), the Beam
     arguments checked as the CLI checks them."""
-    parser = cli.make_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = cli.parse_command_line(argv)
     assert args.command == "run"
-    return run_options_from_args(args), cli._check_beam_args(parser, beam_args)
+    return run_options(args), beam_args
 
 
 def _flex(params: dict[str, str]) -> list[str]:
@@ -170,7 +169,7 @@ def test_regexes_accept_defaults_and_samples_and_reject_junk():
 
 
 def test_no_parameter_shadows_a_beam_option():
-    assert not set(flex.parameters()) & cli.beam_option_names()
+    assert not set(flex.parameters()) & beam_option_names()
     assert "metadata" not in flex.parameters()  # --metadata prints the metadata
 
 
@@ -478,7 +477,7 @@ def test_run_sh_submits_with_the_gpu_worker_options(recorder):
         "auto", "auto", 64, 200)
     assert opts.modalities == ("rgb", "flow", "mfcc")
     values = _beam_values(beam_args)
-    assert set(values) <= cli.beam_option_names()
+    assert set(values) <= beam_option_names()
     assert values["experiments"] == ["use_runner_v2", "no_use_multiple_sdk_containers"]
     assert values["runner"] == ["DataflowRunner"] and values["machine_type"] == [
         "g2-standard-8"]
@@ -528,7 +527,7 @@ def test_run_flex_sh_passes_the_same_run(recorder):
     params = dict(p.split("=", 1) for p in packed[3:].split("~"))
     template = set(flex.parameters())
     beam = {k: v for k, v in params.items() if k not in template}
-    assert set(beam) <= cli.beam_option_names() and beam == GPU_BEAM
+    assert set(beam) <= beam_option_names() and beam == GPU_BEAM
     # what the launcher would run, against what run.sh runs
     launcher = ["--project=my-project", "--region=europe-west4",
                 "--temp_location=gs://my-bucket/tmp"]
