@@ -1,4 +1,6 @@
-"""``actprep flow A B -o OUT``: TV-L1 flow between two image files, for checking settings."""
+"""``actprep flow A B -o OUT``: TV-L1 flow between two image files, for checking settings.
+``--viz PNG`` writes the Middlebury colour coding (extractors/flow/flo.py); with
+``--legend`` the colour wheel, coded and normalised the same way, is drawn to its right."""
 from __future__ import annotations
 
 import os
@@ -39,11 +41,14 @@ def write_flow_file(path: str, flow: np.ndarray) -> None:
 
 def flow_images(first: str, second: str, output: str, *, backend: str = "auto",
                 device: str = "auto", preset_name: str = "quality",
-                viz: str | None = None) -> str:
-    """Computes the flow from ``first`` to ``second``, writes it (and the colour PNG) and
-    returns a one-line report: backend, device, mean and max magnitude."""
+                viz: str | None = None, legend: bool = False) -> str:
+    """Computes the flow from ``first`` to ``second``, writes it (and the colour PNG, with
+    the colour-wheel key to its right when ``legend``) and returns a one-line report:
+    backend, device, mean and max magnitude."""
     if os.path.splitext(output)[1].lower() not in FLOW_EXTENSIONS:  # fail before computing
         raise FlowCliError(f"{output}: output must end in {' or '.join(FLOW_EXTENSIONS)}")
+    if legend and not viz:
+        raise FlowCliError("--legend draws the key of the --viz picture: give --viz PNG")
     a, b = read_rgb(first), read_rgb(second)
     if a.shape != b.shape:
         raise FlowCliError(f"images differ in size: {first} is {a.shape[1]}x{a.shape[0]}, "
@@ -55,7 +60,7 @@ def flow_images(first: str, second: str, output: str, *, backend: str = "auto",
     flow = engine.pair_flow(to_gray(a), to_gray(b))
     write_flow_file(output, flow)
     if viz:
-        write_color_png(viz, flow)
+        write_color_png(viz, flow, legend=legend)
     magnitude = np.hypot(flow[..., 0], flow[..., 1])
     return (f"{output}: {flow.shape[1]}x{flow.shape[0]} flow, backend {engine.backend} "
             f"({engine.device}), preset {preset_name}; magnitude mean "

@@ -269,7 +269,7 @@ class Aggregate:
             "samples_failed": self.failed,
             "shards": len(shard_bytes),
             "bytes": int(sum(shard_bytes.values())),
-            "hours": round(float(self.sums["duration"]) / 3600, 4),
+            "hours": round(float(self.sums["duration"]) / 3600, 6),  # 4 ms
             "frames": int(self.sums["frames"]),
             "flow_pairs": int(self.sums["flow_pairs"]),
             "failures": dict(self.failures.most_common()),
@@ -361,11 +361,100 @@ def _missing(output: str, committed: set[int]) -> dict[str, Any]:
             "shards_missing_names": missing[:MISSING_NAMED]}
 
 
-def render_text(stats: dict[str, Any], output: str) -> str:
-    """The terminal report."""
+# the distributions of the text report: name in the figures, label, unit
+DISTRIBUTION_UNITS = (("duration", "duration", "s"), ("fps", "frame rate", "fps"),
+                      ("flow_magnitude", "flow magnitude", "px"),
+                      ("audio_rms_dbfs", "audio RMS level", "dBFS"))
+CLASSES_LISTED = 20  # classes of the text report listed one by one; more: the extremes
+CLASS_EXTREMES = 5  # with more classes: this many with the most and the fewest samples
+
+
+def size_text(n_bytes: float) -> str:
+    """Bytes in decimal units: ``999 B``, ``13.9 MB``, ``1.24 TB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n_bytes) < 999.5 or unit == "TB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def duration_text(seconds: float) -> str:
+    """A length of video in the unit that reads best: ``23 s``, ``4.5 min``, ``12.3 h``."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def class_summary(classes: dict[str, int]) -> dict[str, Any] | None:
+    """What a trainer checks for balance, from the ok samples per class (classes without
+    samples included): min, median, max, the classes at each extreme, and the ratio of the
+    largest class to the smallest non-empty one. None without classes."""
+    if not classes:
+        return None
+    counts = sorted(classes.values())
+    low, high = counts[0], counts[-1]
+    smallest = min((v for v in counts if v), default=0)
+    return {"min": low, "median": float(np.median(counts)), "max": high,
+            "min_classes": sorted(n for n, v in classes.items() if v == low),
+            "max_classes": sorted(n for n, v in classes.items() if v == high),
+            "max_over_min": round(high / smallest, 2) if smallest else None}
+
+
+def _class_lines(stats: dict[str, Any], all_classes: bool) -> list[str]:
+    """The classes part of the text report: counts, flags, balance and the per-class
+    table (every class up to ``CLASSES_LISTED`` or with ``all_classes``, else the
+    ``CLASS_EXTREMES`` largest and smallest)."""
+    classes = stats["classes"]
+    threshold = stats["class_threshold"]
+    lines = [f"classes: {len(classes)}, {len(stats['classes_missing'])} with no sample, "
+             f"{len(stats['classes_under_threshold'])} under {_plural(threshold, 'sample')}"
+             " (--min-class-samples)"]
+    for kind in ("classes_missing", "classes_under_threshold"):
+        if stats[kind]:
+            shown = ", ".join(f"{n} ({classes[n]})" for n in stats[kind][:20])
+            lines.append(f"  {kind.replace('_', ' ')}: {shown}"
+                         + (" ..." if len(stats[kind]) > 20 else ""))
+    summary = class_summary(classes)
+    if summary is None:
+        return lines
+
+    def at(names: list[str]) -> str:
+        if len(names) == len(classes) > 1:
+            return "every class"
+        return names[0] if len(names) == 1 else f"{len(names)} classes: {named(names, 3)}"
+    ratio = "" if summary["max_over_min"] is None else (
+        f"; largest/smallest{' non-empty' if summary['min'] == 0 else ''} "
+        f"{summary['max_over_min']:g}x")
+    lines.append(f"ok samples per class: min {summary['min']} ({at(summary['min_classes'])}), "
+                 f"median {summary['median']:g}, max {summary['max']} "
+                 f"({at(summary['max_classes'])}){ratio}")
+    ordered = sorted(classes, key=lambda n: (-classes[n], n))
+    width = max(7, len(str(summary["max"])))
+    lines.append(f"  {'samples':>{width}}  class")
+    if all_classes or len(ordered) <= CLASSES_LISTED:
+        shown, hidden = ordered, []
+    else:
+        shown = ordered[:CLASS_EXTREMES] + [""] + ordered[-CLASS_EXTREMES:]
+        hidden = ordered[CLASS_EXTREMES:-CLASS_EXTREMES]
+    for name in shown:
+        lines.append(f"  {classes[name]:>{width}}  {name}" if name else
+                     f"  {'...':>{width}}  {len(hidden)} more classes (--all-classes lists "
+                     f"every class, --json has them all)")
+    return lines
+
+
+def render_text(stats: dict[str, Any], output: str, all_classes: bool = False) -> str:
+    """The terminal report; ``all_classes``: every class's samples, not only the extremes."""
+    flow = f", {stats['flow_pairs']} flow pairs" if stats.get("flow_pairs") else ""
     lines = [f"{output}: {stats['samples_ok']} samples ok, {stats['samples_failed']} failed, "
-             f"{stats['shards']} shards, {stats['bytes'] / 1e9:.3f} GB, "
-             f"{stats['hours']:.2f} h of video, {stats['frames']} frames"]
+             f"{_plural(stats['shards'], 'shard')}, {size_text(stats['bytes'])}, "
+             f"{duration_text(stats['hours'] * 3600)} of video, {stats['frames']} frames{flow}"]
     for name, problem in stats.get("damaged", {}).items():
         lines.append(f"WARNING: {name} is damaged: {problem}; it is not counted here. "
                      f"Rerun the same 'actprep run' command to redo it")
@@ -375,7 +464,7 @@ def render_text(stats: dict[str, Any], output: str) -> str:
         lines.append(f"WARNING: {stats['shards_missing']} of {stats['shards_planned']} planned "
                      f"shards are not committed (a run still going, or stopped): {names}{more}")
     if stats["failures_by_stage"]:
-        lines.append("failures by stage: " + ", ".join(
+        lines.append("failed samples by stage: " + ", ".join(
             f"{k} {v}" for k, v in stats["failures_by_stage"].items()))
         reasons = list(stats["failures"].items())
         lines += [f"  x{n} {reason}" for reason, n in reasons[:15]]
@@ -383,24 +472,24 @@ def render_text(stats: dict[str, Any], output: str) -> str:
             lines.append(f"  ... {len(reasons) - 15} more failure reasons (--json for all)")
     cov = stats["coverage"]
     lines.append("coverage of ok samples: " + ", ".join(f"{k} {v:.0%}" for k, v in cov.items()))
-    classes = stats["classes"]
-    lines.append(f"classes: {len(classes)}, {len(stats['classes_missing'])} with no sample, "
-                 f"{len(stats['classes_under_threshold'])} under {stats['class_threshold']}")
-    for kind in ("classes_missing", "classes_under_threshold"):
-        if stats[kind]:
-            shown = ", ".join(f"{n} ({classes[n]})" for n in stats[kind][:20])
-            lines.append(f"  {kind.replace('_', ' ')}: {shown}"
-                         + (" ..." if len(stats[kind]) > 20 else ""))
-    for name in ("duration", "fps", "flow_magnitude", "audio_rms_dbfs"):
-        d = stats[name]
-        if d:
-            lines.append(f"{name}: mean {d['mean']:g}, min {d['min']:g}, p5 {d['p5']:g}, "
-                         f"median {d['median']:g}, p95 {d['p95']:g}, max {d['max']:g}")
+    lines += _class_lines(stats, all_classes)
+    rows = [(label, unit, stats[name]) for name, label, unit in DISTRIBUTION_UNITS
+            if stats[name]]
+    if rows:
+        width = max(len(f"{label} ({unit})") for label, unit, _ in rows) + 1
+        figures = ("mean", "min", "p5", "median", "p95", "max")
+        lines.append(f"{'of ok samples':<{width}}" + "".join(f"{f:>9}" for f in figures)
+                     + "  samples")
+        for label, unit, d in rows:
+            lines.append(f"{f'{label} ({unit})':<{width}}"
+                         + "".join(f"{d[f]:>9.4g}" for f in figures) + f"  {d['count']:>7}")
+    if stats.get("fps_values"):
+        lines.append("frame rates: " + _at(stats["fps_values"], "fps"))
     for name in ("stored_resolution", "source_resolution"):
         if stats[name]:
-            lines.append(f"{name.replace('_', ' ')}: " + ", ".join(
-                f"{k} {v}" for k, v in list(stats[name].items())[:8]))
+            lines.append(f"{name.replace('_', ' ')}: " + _at(stats[name], "px"))
     lines += _mix_warning(stats)
+    lines.append("                 samples            tar")
     lines.append("shard            ok  failed        bytes  classes  top share")
     for row in stats["shard_table"][:50]:
         share = "-" if row["top_share"] is None else f"{row['top_share']:.0%}"
@@ -410,6 +499,14 @@ def render_text(stats: dict[str, Any], output: str) -> str:
     if len(stats["shard_table"]) > 50:
         lines.append(f"... {len(stats['shard_table']) - 50} more shards (--json for all)")
     return "\n".join(lines)
+
+
+def _at(counts: dict[str, int], unit: str, limit: int = 8) -> str:
+    """``8 samples at 342x256 px, 1 at 256x342 px``: the first ``limit`` values."""
+    items = list(counts.items())
+    parts = [f"{_plural(n, 'sample') if i == 0 else n} at {value} {unit}"
+             for i, (value, n) in enumerate(items[:limit])]
+    return ", ".join(parts) + (" ..." if len(items) > limit else "")
 
 
 def named(items: list[str], limit: int = MISSING_NAMED) -> str:
@@ -448,6 +545,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-class-samples", type=int, metavar="N",
                         help="flag classes with fewer ok samples (default: a fifth of the "
                         "median class)")
+    parser.add_argument("--all-classes", action="store_true",
+                        help="list every class's ok samples (default: every class up to "
+                        f"{CLASSES_LISTED}, else the {CLASS_EXTREMES} largest and smallest)")
 
 
 def add_stats_parser(sub) -> None:
@@ -463,13 +563,15 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     output = args.output.rstrip("/")
     if not storage.exists(storage.join(output, layout.RUN)):
-        print(f"actprep stats: error: {not_an_output(output, layout.RUN)}", file=sys.stderr)
+        print(f"actprep stats: error: {not_an_output(output, layout.RUN, 'stats')}",
+              file=sys.stderr)
         return 2
     stats = output_stats(output, _labels(output), args.min_class_samples)
     if args.html:
         from actprep.reports.stats_html import write_html
         write_html(stats, output, args.html)
-    print(json.dumps(stats, sort_keys=True) if args.json else render_text(stats, output))
+    print(json.dumps(stats, sort_keys=True) if args.json
+          else render_text(stats, output, args.all_classes))
     if args.html and not args.json:
         print(f"report: {args.html}")
     return 1 if stats["damaged"] else 0

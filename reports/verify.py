@@ -298,23 +298,42 @@ def load_run(output: str) -> dict[str, Any]:
         raise NotAnOutput(f"{run_path} is not JSON: {exc}") from None
 
 
-def not_an_output(output: str, missing: str) -> NotAnOutput:
-    """The error for a folder without ``missing`` (run.json, plan.jsonl), naming the
-    outputs directly inside it when there are any."""
+def not_an_output(output: str, missing: str, command: str = "verify") -> NotAnOutput:
+    """The error for a folder without ``missing`` (run.json, plan.jsonl). When outputs lie
+    directly inside it (``actprep demo --output DIR`` writes DIR/shards), it names them
+    (the first five) and the ``actprep COMMAND`` line to run on the first."""
+    import shlex
+
+    text = f"{output} is not an actprep output (no {missing})"
     inside = _outputs_inside(output)
-    hint = f"; the output{'s' if len(inside) > 1 else ''} inside it: " if inside else ""
-    return NotAnOutput(f"{output} is not an actprep output (no {missing}){hint}"
-                       f"{', '.join(inside)}")
+    if not inside:
+        return NotAnOutput(text)
+    held = f"it holds one: {inside[0]}" if len(inside) == 1 else (
+        f"it holds {len(inside)}: {', '.join(inside[:5])}" + (" ..." if len(inside) > 5 else ""))
+    return NotAnOutput(f"{text}; {held}. Try: actprep {command} {shlex.quote(inside[0])}")
 
 
-def _outputs_inside(folder: str) -> list[str]:
-    """The actprep outputs directly inside a local ``folder`` (run.json in a subfolder), for
-    a user who named the folder above one (as ``actprep demo --output DIR`` writes DIR/shards)."""
+def _outputs_inside(folder: str, look_at: int = 10_000) -> list[str]:
+    """The actprep outputs directly inside a local ``folder`` (run.json in an immediate
+    subfolder; nothing deeper is searched), for a user who named the folder above one.
+    Only the first ``look_at`` entries are looked at, so the cost stays bounded when
+    ``folder`` is a flat folder of a million videos; gs:// is not listed."""
     if not storage.is_local(folder) or not os.path.isdir(folder):
         return []
-    with os.scandir(folder) as entries:
-        return sorted(e.path for e in entries
-                      if e.is_dir() and os.path.exists(os.path.join(e.path, layout.RUN)))
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for n, entry in enumerate(entries):
+                if n >= look_at:
+                    break
+                try:
+                    if entry.is_dir() and os.path.isfile(os.path.join(entry.path, layout.RUN)):
+                        found.append(entry.path)
+                except OSError:  # an entry that cannot be looked at is no output
+                    continue
+    except OSError:
+        return []
+    return sorted(found)
 
 
 def load_spans(output: str) -> tuple[list[ShardSpan] | None, list[Problem]]:
