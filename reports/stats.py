@@ -417,9 +417,8 @@ def _class_lines(stats: dict[str, Any], all_classes: bool) -> list[str]:
              " (--min-class-samples)"]
     for kind in ("classes_missing", "classes_under_threshold"):
         if stats[kind]:
-            shown = ", ".join(f"{n} ({classes[n]})" for n in stats[kind][:20])
-            lines.append(f"  {kind.replace('_', ' ')}: {shown}"
-                         + (" ..." if len(stats[kind]) > 20 else ""))
+            shown = named([f"{n} ({classes[n]})" for n in stats[kind]], 20)
+            lines.append(f"  {kind.replace('_', ' ')}: {shown}")
     summary = class_summary(classes)
     if summary is None:
         return lines

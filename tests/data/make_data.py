@@ -87,16 +87,6 @@ def gray_png(path: str) -> bytes:
     return png.tobytes()
 
 
-def read_flo(path: str) -> np.ndarray:
-    """A Middlebury .flo file as float32 [H, W, 2] (as actprep's reader, kept here so this
-    script needs numpy and OpenCV only)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    assert np.frombuffer(data, "<f4", 1)[0] == np.float32(202021.25), f"{path}: bad tag"
-    w, h = (int(v) for v in np.frombuffer(data, "<i4", 2, offset=4))
-    return np.frombuffer(data, "<f4", 2 * w * h, offset=12).reshape(h, w, 2).copy()
-
-
 def sha256sums(out: str) -> str:
     lines = []
     for top in ("middlebury", "vggish"):
@@ -116,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=HERE, help="where to write (default: tests/data)")
     ap.add_argument("--sequences", default=",".join(SEQUENCES))
     args = ap.parse_args(argv)
+    from actprep.extractors.flow.flo import read_flo  # the reader the tests check
+
     for seq in args.sequences.split(","):
         src, dst = (os.path.join(d, "middlebury", seq) for d in (args.source, args.out))
         os.makedirs(dst, exist_ok=True)
