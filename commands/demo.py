@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -85,8 +86,11 @@ def run_demo(output: str, beam_args: list[str]) -> int:
     opts = RunOptions(dataset="kinetics", manifest=manifest, output=os.path.join(output, "shards"),
                       video_root=os.path.join(output, "videos"), shard_size=5)
     code = run(opts, beam_args)
+    out = shlex.quote(opts.output)
     print("actprep demo: the one failure is intentional (a manifest row whose video was "
-          "never downloaded).\nRead a sample with:\n"
+          f"never downloaded).\nSee the totals, classes and failures with:\n"
+          f"  actprep stats {out}\nCheck every shard with:\n  actprep verify {out}\n"
+          "Read a sample with:\n"
           f"  python -c \"import webdataset as wds; s = next(iter(wds.WebDataset("
           f"'{opts.output}/shard-000000.tar', shardshuffle=False))); print(sorted(s))\"",
           file=sys.stderr)

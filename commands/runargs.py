@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,10 +109,15 @@ def _fraction(text: str) -> float:
 
 
 def _positive(kind):
+    what = "a positive whole number" if kind is int else "a positive number"
+
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:  # NaN too
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     parse.kind = "positive_" + kind.__name__  # RunOption.kind
     return parse
@@ -182,7 +188,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 def path_problem(opts: RunOptions) -> str | None:
     """A path of the options on a storage this installation cannot open (gs:// without
     Beam's gcp extras), said in one line; None when every path can be opened."""
-    from apache_beam.io.filesystems import FileSystems
+    from actprep.pipelines import storage  # Beam: imported by main() first, quietly
 
     paths = {"--manifest": opts.manifest, "--video-root": opts.video_root,
              "--output": opts.output, "--classes": opts.classes,
@@ -190,15 +196,9 @@ def path_problem(opts: RunOptions) -> str | None:
     if opts.vggish_hub and not opts.vggish_hub.startswith(("http://", "https://")):
         paths["--vggish-hub"] = opts.vggish_hub
     for option, path in paths.items():
-        if not path or "://" not in path:
-            continue
-        try:
-            FileSystems.get_filesystem(path)
-        except ValueError:
-            scheme = path.split("://", 1)[0]
-            extra = (": they need Beam's Google Cloud extras, pip install 'actprep[gcp]'"
-                     if scheme == "gs" else "")
-            return f"{option} {path}: this installation cannot open {scheme}:// paths{extra}"
+        problem = storage.unopenable(path) if path else None
+        if problem:
+            return f"{option} {path}: {problem}"
     return None
 
 

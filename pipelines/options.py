@@ -142,10 +142,3 @@ class RunOptions:
 RUNNER_FIELDS = ("lock_token", "unit_size", "ffmpeg_version")
 # the fields from_values shapes from the values (the others it copies)
 _SHAPED = ("mfcc", "output", "video_root", "short_side")
-
-
-def run_options_from_args(args: Any) -> RunOptions:
-    """The options of parsed ``actprep run`` arguments (an ``argparse.Namespace``). Kept for
-    callers of this older name (tests); the command line's own is
-    :func:`actprep.commands.runargs.run_options`."""
-    return RunOptions.from_values(vars(args))

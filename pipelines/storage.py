@@ -25,6 +25,21 @@ def is_local(path: str) -> bool:
     return "://" not in path
 
 
+def unopenable(path: str) -> str | None:
+    """Why this installation cannot open ``path`` (a scheme no Beam filesystem here serves,
+    gs:// without Beam's gcp extras), said for a user; None when it can."""
+    if "://" not in path:
+        return None
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        scheme = path.split("://", 1)[0]
+        extra = (": they need Beam's Google Cloud extras, pip install 'actprep[gcp]'"
+                 if scheme == "gs" else "")
+        return f"this installation cannot open {scheme}:// paths{extra}"
+    return None
+
+
 def exists(path: str) -> bool:
     return FileSystems.exists(path)
 

@@ -561,9 +561,11 @@ def cmd_stats(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     output = args.output.rstrip("/")
-    if not storage.exists(storage.join(output, layout.RUN)):
-        print(f"actprep stats: error: {not_an_output(output, layout.RUN, 'stats')}",
-              file=sys.stderr)
+    unopenable = storage.unopenable(output)
+    if unopenable or not storage.exists(storage.join(output, layout.RUN)):
+        problem = (f"{output}: {unopenable}" if unopenable
+                   else not_an_output(output, layout.RUN, 'stats'))
+        print(f"actprep stats: error: {problem}", file=sys.stderr)
         return 2
     stats = output_stats(output, _labels(output), args.min_class_samples)
     if args.html:

@@ -287,7 +287,11 @@ def list_output(output: str) -> Listing:
 
 
 def load_run(output: str) -> dict[str, Any]:
-    """run.json; NotAnOutput without it or without plan.jsonl."""
+    """run.json; NotAnOutput without it or without plan.jsonl, or on a storage this
+    installation cannot open."""
+    unopenable = storage.unopenable(output)
+    if unopenable:
+        raise NotAnOutput(f"{output}: {unopenable}")
     run_path, plan_path = storage.join(output, layout.RUN), storage.join(output, layout.PLAN)
     for path in (run_path, plan_path):
         if not storage.exists(path):

@@ -80,6 +80,24 @@ def test_a_value_beam_refuses_and_a_stray_word(run_cli, capsys, tmp_path):
     assert "actprep run: error: unrecognized arguments: stray" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option,value,what", [
+    ("--shard-size", "x", "a positive whole number"),
+    ("--shard-size", "1.5", "a positive whole number"),
+    ("--shard-size", "0", "a positive whole number"),
+    ("--fps", "nan", "a positive number"),
+    ("--fps", "inf", "a positive number"),
+    ("--fps", "-2", "a positive number"),
+])
+def test_a_value_that_is_not_a_positive_number(run_cli, capsys, tmp_path, option, value, what):
+    out = tmp_path / "o"
+    assert run_cli([*RUN, "--output", out, f"{option}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"actprep run: error: argument {option}: expected {what}, got {value!r}")
+    assert not out.exists()
+
+
 def test_an_invalid_choice_names_the_nearest(run_cli, capsys, tmp_path):
     line = _usage_error(run_cli, capsys, ["run", "--dataset", "kinetcs", "--manifest", "m",
                                           "--output", tmp_path / "o"])
@@ -264,3 +282,12 @@ def test_a_local_run_does_not_print_it_and_gs_paths_say_what_is_missing(without_
     assert done.stderr.strip().splitlines() == [
         "actprep: error: --manifest gs://bucket/list.csv: this installation cannot open "
         "gs:// paths: they need Beam's Google Cloud extras, pip install 'actprep[gcp]'"]
+
+
+@pytest.mark.parametrize("command", ["stats", "verify"])
+def test_reports_on_gs_paths_say_what_is_missing(without_gcp, command):
+    done = _actprep(without_gcp, command, "gs://bucket/out")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"actprep {command}: error: gs://bucket/out: this installation cannot open gs:// "
+        "paths: they need Beam's Google Cloud extras, pip install 'actprep[gcp]'"]

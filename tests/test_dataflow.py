@@ -105,14 +105,14 @@ def test_rerun_on_an_object_store_resumes_and_then_does_nothing(run_cli, mem_set
     """Checkpoints and temporaries of an interrupted job in the store: the rerun reuses the
     first, drops the second; a third run finds every shard committed."""
     from actprep.commands.cli import make_parser
-    from actprep.pipelines.options import run_options_from_args
+    from actprep.commands.runargs import run_options
     from actprep.pipelines.planfile import iter_entries
     from actprep.pipelines.planner import load_or_create_plan
     from actprep.pipelines.process import process_entry
 
     out = f"{mem_set}/out"
     args, _ = make_parser().parse_known_args(_args(mem_set, out))
-    opts = run_options_from_args(args)
+    opts = run_options(args)
     load_or_create_plan(opts)
     process_entry(next(iter_entries(out)), opts)  # what a worker finished before it died
     memfs.put(f"{out}/.shard-000000.tar.tmp-0123456789ab", b"half a tar")

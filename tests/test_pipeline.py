@@ -174,7 +174,7 @@ def test_single_video_units_commit_after_the_shuffle(kinetics_set, kinetics_run,
     """Dataflow's shape (units of single videos, each shard committed after the group by
     shard) gives the same bytes as whole-shard units committed by their worker."""
     from actprep.commands.cli import make_parser
-    from actprep.pipelines.options import run_options_from_args
+    from actprep.commands.runargs import run_options
     from actprep.commands.runner import run
 
     out = str(tmp_path / "units")
@@ -182,7 +182,7 @@ def test_single_video_units_commit_after_the_shuffle(kinetics_set, kinetics_run,
         "run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
         "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4",
         "--no-progress", "--workers", "2", *FAILURES_EXPECTED])
-    opts = dataclasses.replace(run_options_from_args(args), unit_size=1)
+    opts = dataclasses.replace(run_options(args), unit_size=1)
     assert run(opts, beam_args) == 0
     assert f"{len(kinetics_set['clips'])} manifest rows" in capsys.readouterr().err
     _same_output(out, kinetics_run)
@@ -364,6 +364,13 @@ def test_demo_command_end_to_end(tmp_path):
     assert heard
     for row in heard:  # centred frames, hop 160 at 16 kHz: 100 a second, plus one
         assert abs((row["mfcc_frames"] - 1) / 100 - row["duration"]) < 0.05, row
+    suggested = [line.split() for line in proc.stderr.splitlines()
+                 if line.startswith(("  actprep stats ", "  actprep verify "))]
+    assert [words[:2] for words in suggested] == [["actprep", "stats"], ["actprep", "verify"]]
+    for words in suggested:  # the commands the closing message suggests work as given
+        done = subprocess.run([exe, *words[1:]], capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -375,7 +382,7 @@ def test_a_mangled_checkpoint_refuses_its_shard_then_a_rerun_redoes_it(
     reason in the work folder; once the record is gone a rerun gives the clean output."""
     from actprep.pipelines import layout
     from actprep.commands.cli import make_parser
-    from actprep.pipelines.options import run_options_from_args
+    from actprep.commands.runargs import run_options
     from actprep.pipelines.planfile import iter_entries
     from actprep.pipelines.planner import load_or_create_plan
 
@@ -383,7 +390,7 @@ def test_a_mangled_checkpoint_refuses_its_shard_then_a_rerun_redoes_it(
     args, _ = make_parser().parse_known_args([
         "run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
         "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4"])
-    load_or_create_plan(run_options_from_args(args))
+    load_or_create_plan(run_options(args))
     victim = next(e for e in iter_entries(out) if not e.error)
     bogus = layout.result_path(out, victim.shard, victim.line)
     os.makedirs(os.path.dirname(bogus))
@@ -412,7 +419,7 @@ def test_units_that_do_not_cover_their_shard_are_refused(kinetics_set, tmp_path)
     from actprep.pipelines import layout
     from actprep.commands.cli import make_parser
     from actprep.pipelines.job import CommitShards
-    from actprep.pipelines.options import run_options_from_args
+    from actprep.commands.runargs import run_options
     from actprep.pipelines.planfile import read_spans, shard_entries
     from actprep.pipelines.planner import load_or_create_plan
     from actprep.pipelines.units import UnitSummary
@@ -421,7 +428,7 @@ def test_units_that_do_not_cover_their_shard_are_refused(kinetics_set, tmp_path)
     args, _ = make_parser().parse_known_args([
         "run", "--dataset", "kinetics", "--manifest", kinetics_set["manifest"],
         "--video-root", kinetics_set["videos"], "--output", out, "--shard-size", "4"])
-    opts = run_options_from_args(args)
+    opts = run_options(args)
     load_or_create_plan(opts)
     span = read_spans(out)[0]
     entries = shard_entries(out, span)

@@ -229,11 +229,11 @@ def test_retry_failed_reprocesses_only_the_failures(run_cli, media, tmp_path, ca
 KILL_ONE = """
 import os, sys
 from actprep.commands.cli import make_parser
-from actprep.pipelines.options import run_options_from_args
+from actprep.commands.runargs import run_options
 from actprep.pipelines.planfile import iter_entries
 from actprep.pipelines.planner import load_or_create_plan
 from actprep.pipelines.process import process_entry
-opts = run_options_from_args(make_parser().parse_known_args(sys.argv[1:])[0])
+opts = run_options(make_parser().parse_known_args(sys.argv[1:])[0])
 load_or_create_plan(opts)
 entry = list(iter_entries(opts.output))[int(os.environ["LINE"])]
 process_entry(entry, opts)  # ACTPREP_CRASH_AT kills this process in the decode

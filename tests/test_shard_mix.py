@@ -139,10 +139,10 @@ def _plan_the_old_way(media, out) -> list:
     """What an older actprep wrote: rows sorted by (key, line) cut into shards, and a
     run.json without ``shard_order``. Returns the entries."""
     from actprep.commands.cli import make_parser
-    from actprep.pipelines.options import run_options_from_args
+    from actprep.commands.runargs import run_options
 
     args = make_parser().parse_known_args([str(a) for a in _args(media, out)])[0]
-    opts = run_options_from_args(args)  # what the command line gives
+    opts = run_options(args)  # what the command line gives
     videos = VideoIndex(storage.list_files(opts.video_root)) if opts.video_root else None
     rows = read_manifest(opts.dataset, storage.read_text(opts.manifest), opts.manifest, videos,
                          opts.split)
