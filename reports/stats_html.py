@@ -35,6 +35,8 @@ DISTRIBUTION_PANELS = (("duration", "duration", "seconds", "s"),
 VALUE_PANELS = (("fps_values", "frame rates", "fps"),
                 ("stored_resolution", "stored resolution", "px"),
                 ("source_resolution", "source resolution", "px"))
+CLASS_BARS = 60  # classes drawn one bar each at most; more: their histogram and the ends
+CLASS_ENDS = 15  # with more classes: the largest and the smallest drawn as bars, each end
 SHARD_LABELS = 30  # shard names on the shard chart's axis at most; more shards: every k-th
 COUNT = "ok samples"  # the label of every count axis
 
@@ -57,24 +59,56 @@ def _bars(labels: list[str], values: list[int], title: str, color: str = "#4c72b
     if not any(values):
         return None
     fig, ax = plt.subplots(figsize=(10, max(2.5, min(0.18 * len(labels), 30))))
-    colors = ["#c44e52" if name in highlight else color for name in labels]
-    ax.barh(range(len(labels)), values, color=colors)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7 if len(labels) > 40 else 9)
-    ax.invert_yaxis()
+    _draw_bars(ax, labels, values, color, highlight)
     ax.set_title(title)
+    return fig
+
+
+def _draw_bars(ax, labels: list[str | None], values: list[int | None], color: str,
+               highlight: set[str] = frozenset()) -> None:
+    """Horizontal count bars on ``ax``, top to bottom; a None label is a gap (its value the
+    gap's text, if any, in place of a name)."""
+    at = [i for i, name in enumerate(labels) if name is not None]
+    ax.barh(at, [values[i] for i in at],
+            color=["#c44e52" if labels[i] in highlight else color for i in at])
+    names = [labels[i] if labels[i] is not None else values[i] for i in range(len(labels))]
+    ax.set_yticks(range(len(labels)), names, fontsize=7 if len(labels) > 40 else 9)
+    ax.invert_yaxis()
     ax.set_xlabel(COUNT)
     _integer(ax.xaxis)
-    return fig
 
 
 def class_figure(stats: dict[str, Any]) -> Figure | None:
     """Ok samples per class, largest first, flagged classes in red; None when no class
-    has a sample."""
+    has a sample. Up to ``CLASS_BARS`` classes one bar each; with more (Kinetics' 400-700)
+    a histogram of the classes by their count, and bars for the ``CLASS_ENDS`` largest and
+    smallest, so the chart stays readable however many classes there are."""
     classes = stats["classes"]
     flagged = set(stats["classes_missing"]) | set(stats["classes_under_threshold"])
     ordered = sorted(classes, key=lambda n: (-classes[n], n))
-    return _bars(ordered, [classes[n] for n in ordered], "ok samples per class",
-                 highlight=flagged)
+    if len(ordered) <= CLASS_BARS or not any(classes.values()):
+        return _bars(ordered, [classes[n] for n in ordered], "ok samples per class",
+                     highlight=flagged)
+    fig, (hist, ends) = plt.subplots(2, 1, figsize=(10, 3 + 0.18 * (2 * CLASS_ENDS + 1)),
+                                     height_ratios=(3, 0.18 * (2 * CLASS_ENDS + 1)))
+    counts = [classes[n] for n in ordered]
+    hist.hist(counts, bins=min(50, max(counts) + 1), range=(-0.5, max(counts) + 0.5),
+              color="#4c72b0")
+    hist.axvline(stats["class_threshold"] - 0.5, color="#c44e52", linestyle="--", linewidth=1.5)
+    hist.set_title(f"{len(ordered)} classes by their ok samples (red: the threshold, "
+                   f"--min-class-samples {stats['class_threshold']})", fontsize=10)
+    hist.set_xlabel(COUNT)
+    hist.set_ylabel("classes")
+    _integer(hist.xaxis)
+    _integer(hist.yaxis)
+    rest = len(ordered) - 2 * CLASS_ENDS
+    shown = ordered[:CLASS_ENDS] + [None] + ordered[-CLASS_ENDS:]
+    _draw_bars(ends, shown, [classes[n] if n else f"... {rest} more classes" for n in shown],
+               "#4c72b0", flagged)
+    ends.set_title(f"the {CLASS_ENDS} largest and {CLASS_ENDS} smallest classes "
+                   "(actprep stats --all-classes lists every class)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def histogram_figure(stats: dict[str, Any], name: str) -> Figure | None:

@@ -399,6 +399,31 @@ def test_html_shard_names_are_thinned_when_many():
     assert len(steps) == 1  # evenly spaced
 
 
+def test_html_class_chart_of_many_classes_is_bounded():
+    """Kinetics' 400-700 classes: a histogram of the classes by count and bars for the
+    largest and smallest, not one unreadable bar per class; 50 classes: a bar each."""
+    from matplotlib.patches import Rectangle
+
+    from actprep.reports.stats_html import CLASS_BARS, CLASS_ENDS
+
+    names, s = _many_classes(700)
+    fig = _check_figures(s)["classes"]
+    hist, ends = fig.axes
+    assert fig.get_size_inches()[1] < 12
+    assert sum(p.get_height() for p in hist.patches if isinstance(p, Rectangle)) == 700
+    labels = [t.get_text() for t in ends.get_yticklabels()]
+    largest = [f"class{k:02d}" for k in range(698, 698 - CLASS_ENDS, -1)]
+    smallest = [f"class{k:02d}" for k in range(CLASS_ENDS - 2, -1, -1)] + ["class699"]
+    assert labels == largest + [f"... {700 - 2 * CLASS_ENDS} more classes"] + smallest
+    assert [p.get_width() for p in ends.patches] == \
+        [699 - i for i in range(CLASS_ENDS)] + [CLASS_ENDS - 1 - i for i in range(CLASS_ENDS)]
+    assert ends.patches[-1].get_facecolor()[:3] != ends.patches[0].get_facecolor()[:3]  # red
+
+    _, few = _many_classes(CLASS_BARS)
+    bars = _check_figures(few)["classes"].axes
+    assert len(bars) == 1 and len(bars[0].patches) == CLASS_BARS
+
+
 def test_html_of_an_output_without_ok_samples_draws_no_empty_panel():
     rows = [{"key": f"k{n}", "line": n, "shard": "shard-000000", "status": "failed",
              "failure_stage": "probe", "failure_reason": "bad"} for n in range(3)]
