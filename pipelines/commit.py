@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from actprep.pipelines import layout, storage
-from actprep.pipelines.fragment import copy_members, open_shard
+from actprep.pipelines.fragment import copy_members, shard_writer
 from actprep.pipelines.crashpoints import crash_point
 from actprep.pipelines.process import load_result, plan_result
 from actprep.schemas.index import OK, write_index
@@ -76,21 +76,21 @@ def commit_shard(output: str, shard: int, entries: list[PlanEntry],
                   key=lambda r: (r["key"], r["line"]))
     with storage.atomic_writer(layout.shard_tar(output, shard)) as stream:
         counted = _Counted(stream)
-        tar = open_shard(counted)
-        for number, row in enumerate(rows, 1):
-            if number == len(rows) // 2 + 1:
-                crash_point("commit:tar")
-            row["tar_offset"] = row["tar_bytes"] = None
-            if row["status"] == OK:
-                fragment = layout.fragment_path(output, shard, row["line"])
-                start = tar.offset  # the sample's byte range: its members are consecutive
-                with storage.FileSystems.open(fragment, compression_type="uncompressed") as src:
-                    copied = copy_members(src, tar)
-                if copied != row["members"]:
-                    raise RuntimeError(f"{fragment}: {copied} members, its result says "
-                                       f"{row['members']}")
-                row["tar_offset"], row["tar_bytes"] = start, tar.offset - start
-        tar.close()
+        with shard_writer(counted) as tar:
+            for number, row in enumerate(rows, 1):
+                if number == len(rows) // 2 + 1:
+                    crash_point("commit:tar")
+                row["tar_offset"] = row["tar_bytes"] = None
+                if row["status"] == OK:
+                    fragment = layout.fragment_path(output, shard, row["line"])
+                    start = tar.offset  # the sample's byte range: its members are consecutive
+                    with storage.FileSystems.open(fragment,
+                                                  compression_type="uncompressed") as src:
+                        copied = copy_members(src, tar)
+                    if copied != row["members"]:
+                        raise RuntimeError(f"{fragment}: {copied} members, its result says "
+                                           f"{row['members']}")
+                    row["tar_offset"], row["tar_bytes"] = start, tar.offset - start
         buf = io.BytesIO()
         write_index(rows, buf, tar_bytes=counted.bytes)
         storage.write_atomic(layout.shard_index(output, shard), buf.getvalue())

@@ -35,10 +35,7 @@ class SampleWriter:
         self._tar.close()
 
     def abort(self) -> None:
-        """Drops the tar without writing its end blocks (the stream is being discarded);
-        otherwise tarfile would try to flush into a closed stream when collected."""
-        self._tar.closed = True
-        self._tar.fileobj.closed = True  # tarfile's internal _Stream
+        abort_tar(self._tar)
 
 
 @contextlib.contextmanager
@@ -68,3 +65,23 @@ def copy_members(source: IO[bytes], target: tarfile.TarFile) -> int:
 
 def open_shard(stream: IO[bytes]) -> tarfile.TarFile:
     return tarfile.open(fileobj=stream, mode="w|", format=TAR_FORMAT)
+
+
+@contextlib.contextmanager
+def shard_writer(stream: IO[bytes]) -> Iterator[tarfile.TarFile]:
+    """A shard's tar stream on ``stream``: closed (end blocks written) on success, aborted
+    on error."""
+    tar = open_shard(stream)
+    try:
+        yield tar
+    except BaseException:
+        abort_tar(tar)
+        raise
+    tar.close()
+
+
+def abort_tar(tar: tarfile.TarFile) -> None:
+    """Drops a tar being written without its end blocks (its stream is being discarded);
+    otherwise tarfile would try to flush into a closed stream when collected."""
+    tar.closed = True
+    tar.fileobj.closed = True  # tarfile's internal _Stream
