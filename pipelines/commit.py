@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 from typing import Any
 
 from actprep.pipelines import layout, storage
@@ -77,20 +78,7 @@ def commit_shard(output: str, shard: int, entries: list[PlanEntry],
     with storage.atomic_writer(layout.shard_tar(output, shard)) as stream:
         counted = _Counted(stream)
         with shard_writer(counted) as tar:
-            for number, row in enumerate(rows, 1):
-                if number == len(rows) // 2 + 1:
-                    crash_point("commit:tar")
-                row["tar_offset"] = row["tar_bytes"] = None
-                if row["status"] == OK:
-                    fragment = layout.fragment_path(output, shard, row["line"])
-                    start = tar.offset  # the sample's byte range: its members are consecutive
-                    with storage.FileSystems.open(fragment,
-                                                  compression_type="uncompressed") as src:
-                        copied = copy_members(src, tar)
-                    if copied != row["members"]:
-                        raise RuntimeError(f"{fragment}: {copied} members, its result says "
-                                           f"{row['members']}")
-                    row["tar_offset"], row["tar_bytes"] = start, tar.offset - start
+            _copy_samples(output, shard, rows, tar)
         buf = io.BytesIO()
         write_index(rows, buf, tar_bytes=counted.bytes)
         storage.write_atomic(layout.shard_index(output, shard), buf.getvalue())
@@ -99,6 +87,26 @@ def commit_shard(output: str, shard: int, entries: list[PlanEntry],
     drop_work(output, shard)
     ok = sum(r["status"] == OK for r in rows)
     return {"shard": shard, "ok": ok, "failed": len(rows) - ok}
+
+
+def _copy_samples(output: str, shard: int, rows: list[dict[str, Any]],
+                  tar: tarfile.TarFile) -> None:
+    """Appends each ok row's fragment to the shard's ``tar`` in the rows' order and sets
+    every row's ``tar_offset`` and ``tar_bytes`` (None for a failed row)."""
+    for number, row in enumerate(rows, 1):
+        if number == len(rows) // 2 + 1:
+            crash_point("commit:tar")
+        row["tar_offset"] = row["tar_bytes"] = None
+        if row["status"] != OK:
+            continue
+        fragment = layout.fragment_path(output, shard, row["line"])
+        start = tar.offset  # the sample's byte range: its members are consecutive
+        with storage.FileSystems.open(fragment, compression_type="uncompressed") as src:
+            copied = copy_members(src, tar)
+        if copied != row["members"]:
+            raise RuntimeError(f"{fragment}: {copied} members, its result says "
+                               f"{row['members']}")
+        row["tar_offset"], row["tar_bytes"] = start, tar.offset - start
 
 
 class _Counted:

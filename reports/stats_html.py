@@ -64,15 +64,14 @@ def _bars(labels: list[str], values: list[int], title: str, color: str = "#4c72b
     return fig
 
 
-def _draw_bars(ax, labels: list[str | None], values: list[int | None], color: str,
+def _draw_bars(ax, labels: list[str], values: list[int | None], color: str,
                highlight: set[str] = frozenset()) -> None:
-    """Horizontal count bars on ``ax``, top to bottom; a None label is a gap (its value the
-    gap's text, if any, in place of a name)."""
-    at = [i for i, name in enumerate(labels) if name is not None]
+    """Horizontal count bars on ``ax``, top to bottom; a row whose value is None has its
+    label and no bar (a gap: "... 670 more classes")."""
+    at = [i for i, value in enumerate(values) if value is not None]
     ax.barh(at, [values[i] for i in at],
             color=["#c44e52" if labels[i] in highlight else color for i in at])
-    names = [labels[i] if labels[i] is not None else values[i] for i in range(len(labels))]
-    ax.set_yticks(range(len(labels)), names, fontsize=7 if len(labels) > 40 else 9)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7 if len(labels) > 40 else 9)
     ax.invert_yaxis()
     ax.set_xlabel(COUNT)
     _integer(ax.xaxis)
@@ -102,9 +101,10 @@ def class_figure(stats: dict[str, Any]) -> Figure | None:
     _integer(hist.xaxis)
     _integer(hist.yaxis)
     rest = len(ordered) - 2 * CLASS_ENDS
-    shown = ordered[:CLASS_ENDS] + [None] + ordered[-CLASS_ENDS:]
-    _draw_bars(ends, shown, [classes[n] if n else f"... {rest} more classes" for n in shown],
-               "#4c72b0", flagged)
+    ends_of = ordered[:CLASS_ENDS] + ordered[-CLASS_ENDS:]
+    values = [classes[n] for n in ends_of]
+    _draw_bars(ends, ends_of[:CLASS_ENDS] + [f"... {rest} more classes"] + ends_of[CLASS_ENDS:],
+               values[:CLASS_ENDS] + [None] + values[CLASS_ENDS:], "#4c72b0", flagged)
     ends.set_title(f"the {CLASS_ENDS} largest and {CLASS_ENDS} smallest classes "
                    "(actprep stats --all-classes lists every class)", fontsize=10)
     fig.tight_layout()
